@@ -134,7 +134,6 @@ def main(argv: list[str] | None = None) -> dict:
     root = find_root(args.data)
     if root is None:
         raise SystemExit("NYUv2 not found: pass --data or set FUSION_NYUV2")
-    ids = None
     ds = NYUv2(root, "train", num_classes=args.num_classes, size=tuple(args.size), augment=True, cache=True)
     if args.limit:
         ds = torch.utils.data.Subset(ds, list(range(args.limit)))

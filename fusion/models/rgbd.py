@@ -187,7 +187,7 @@ class RGBDSegmenter(nn.Module):
             return SegmentationOutput(logits=logits, present=(), gate_probs=probs, branch=probs.argmax(1),
                                       extras={"branch_logits": all_logits,
                                               "resource_loss": resource_loss(probs, self.branch_cost)})
-        probs = F.softmax(logits_g, 1)
+        probs = F.softmax(logits_g / self.cfg.gate.tau_end, 1)  # the temperature training ended at
         branch = probs.argmax(1) if force_branch is None else torch.full_like(probs.argmax(1), force_branch)
         logits = rgb.new_empty((rgb.shape[0], self.cfg.num_classes, *rgb.shape[-2:]))
         for k in branch.unique().tolist():  # only the branches some input chose are executed
