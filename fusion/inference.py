@@ -46,25 +46,35 @@ def load_checkpoint(name: str, root: Path = ASSETS) -> tuple[torch.nn.Module, di
     return _load(name, root)
 
 
+def model_size(shape: tuple[int, int], *, area: int = 240 * 320, multiple: int = 16) -> tuple[int, int]:
+    """Input size for an image of ``shape`` (H, W): about ``area`` pixels, the aspect ratio kept, both sides
+    multiples of ``multiple``. 480x640 -> 240x320."""
+    h, w = shape
+    s = (area / (h * w)) ** 0.5
+    return (max(multiple, round(h * s / multiple) * multiple), max(multiple, round(w * s / multiple) * multiple))
+
+
 def to_tensors(rgb: np.ndarray, depth_m: np.ndarray | None, size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """uint8 (H,W,3) RGB and float metres (H,W) depth -> model inputs at ``size`` (depth resized nearest)."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise FusionError(f"RGB must be uint8 (H,W,3), got {rgb.dtype} {rgb.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
+    x = torch.from_numpy(np.array(rgb, copy=True)).permute(2, 0, 1)[None].float() / 255  # (1, 3, H, W)
     inputs = {RGB: F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)}
     if depth_m is not None:
         if depth_m.shape != rgb.shape[:2]:
             raise FusionError(f"depth {depth_m.shape} must match the RGB's size {rgb.shape[:2]}")
-        d = torch.from_numpy(np.ascontiguousarray(depth_m, dtype=np.float32))[None, None]  # (1, 1, H, W)
+        d = torch.from_numpy(np.array(depth_m, dtype=np.float32, copy=True))[None, None]  # (1, 1, H, W)
         inputs[DEPTH] = F.interpolate(d, size=size, mode="nearest")
     return inputs
 
 
 @torch.no_grad()
-def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None, *, size: tuple[int, int] = (240, 320),
+def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None, *, size: tuple[int, int] | None = None,
             count_flops: bool = True, repeats: int = 3, force_branch: int | None = None) -> SegResult:
-    """Segment one RGB(-D) input; FLOPs counted on the executed path, time measured without the counter."""
-    inputs = to_tensors(rgb, depth_m, size)
+    """Segment one RGB(-D) input; FLOPs counted on the executed path, time measured without the counter.
+
+    ``size``: model input (H, W); default :func:`model_size` of the RGB (aspect ratio kept, ~240x320)."""
+    inputs = to_tensors(rgb, depth_m, size or model_size(rgb.shape[:2]))
     kw = {"force_branch": force_branch} if getattr(model, "dynamic", False) else {}
     out = model(inputs, count_flops=count_flops, **kw)
     model(inputs, **kw)  # warm-up

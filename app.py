@@ -1,0 +1,15 @@
+"""Fusion Explorer: a Streamlit app that shows what multimodal fusion models do inside.
+
+Run with ``make app`` (or ``streamlit run app.py``). Pages live in ``pages/``; each is a thin
+script that reads widgets, calls the ``fusion`` library and draws what it returns.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+st.set_page_config(page_title="Fusion Explorer", page_icon=":material/merge_type:", layout="wide")
+
+home = st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)
+rgbd = st.Page("pages/rgbd.py", title="RGB-D segmentation", icon=":material/layers:", url_path="rgbd")
+
+st.navigation({"Fusion Explorer": [home], "Tasks": [rgbd]}).run()

@@ -1,0 +1,412 @@
+"""Pictures and figures for the app: pure functions, no Streamlit, tested without a browser.
+
+Images are numpy arrays (``uint8 (H, W, 3)`` RGB); label maps are integer
+``(H, W)`` arrays of class ids where ``ignore_index`` (255) means "no label".
+Figures are plotly ``go.Figure`` objects the pages hand to ``st.plotly_chart``.
+"""
+from __future__ import annotations
+
+import colorsys
+import html
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+IGNORE_INDEX = 255
+IGNORE_COLOR = (0, 0, 0)
+
+# --------------------------------------------------------------------------- palette
+
+
+def make_palette(n: int = 40) -> np.ndarray:
+    """``n`` visually distinct colours, ``uint8 (n, 3)``; deterministic.
+
+    Hues step by the golden ratio so neighbouring class ids get far-apart
+    hues; saturation and value cycle through three levels so that classes
+    whose hues come close still differ in shade. No colour is near-black
+    (black is kept for "no label" / depth holes).
+    """
+    if n < 0:
+        raise ValueError("palette size must be >= 0")
+    golden = 0.618033988749895
+    sats = (0.75, 0.55, 0.95)
+    vals = (0.95, 0.75, 0.85)
+    out = np.zeros((n, 3), np.uint8)
+    h = 0.07
+    for i in range(n):
+        r, g, b = colorsys.hsv_to_rgb(h % 1.0, sats[i % 3], vals[(i // 3) % 3])
+        out[i] = (round(r * 255), round(g * 255), round(b * 255))
+        h += golden
+    return out
+
+
+PALETTE = make_palette(40)
+
+
+def hex_color(rgb: Sequence[int]) -> str:
+    """``(r, g, b)`` -> ``"#rrggbb"``."""
+    r, g, b = (int(v) for v in rgb[:3])
+    return f"#{r:02x}{g:02x}{b:02x}"
+
+
+def colorize(labels: np.ndarray, palette: np.ndarray | None = None) -> np.ndarray:
+    """Class-id map ``(H, W)`` -> ``uint8 (H, W, 3)``; ids outside the palette (e.g. 255) are black."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise ValueError(f"labels must be (H, W), got shape {lab.shape}")
+    pal = PALETTE if palette is None else np.asarray(palette, np.uint8)
+    lut = np.zeros((256, 3), np.uint8)
+    lut[:] = IGNORE_COLOR
+    k = min(len(pal), 256)
+    lut[:k] = pal[:k]
+    idx = lab.astype(np.int64)
+    idx = np.where((idx < 0) | (idx > 255), 255, idx)
+    return lut[idx]
+
+
+def overlay(
+    rgb: np.ndarray,
+    labels: np.ndarray,
+    alpha: float = 0.5,
+    *,
+    palette: np.ndarray | None = None,
+    ignore_index: int = IGNORE_INDEX,
+) -> np.ndarray:
+    """Blend class colours over an RGB image; ``alpha`` = weight of the class colour (0..1).
+
+    Pixels labelled ``ignore_index`` show the plain image. ``labels`` must
+    have the image's height and width.
+    """
+    img = _as_rgb_u8(rgb)
+    lab = np.asarray(labels)
+    if lab.shape != img.shape[:2]:
+        raise ValueError(f"labels {lab.shape} do not match image {img.shape[:2]}")
+    a = float(np.clip(alpha, 0.0, 1.0))
+    col = colorize(lab, palette).astype(np.float32)
+    out = img.astype(np.float32) * (1.0 - a) + col * a
+    keep = lab == ignore_index
+    out[keep] = img[keep]
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _as_rgb_u8(rgb: np.ndarray) -> np.ndarray:
+    img = np.asarray(rgb)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
+    img = img[..., :3]
+    if img.dtype != np.uint8:
+        f = img.astype(np.float32)
+        if f.size and np.nanmax(f) <= 1.0:
+            f = f * 255.0
+        img = np.clip(np.nan_to_num(f), 0, 255).astype(np.uint8)
+    return img
+
+
+# --------------------------------------------------------------------------- depth
+
+# Control points of a turbo-like rainbow (dark blue -> cyan -> green -> yellow -> dark red),
+# interpolated linearly. Positions in [0, 1], colours in 0..255.
+_TURBO_POS = np.linspace(0.0, 1.0, 9)
+_TURBO_RGB = np.array(
+    [
+        (48, 18, 59),
+        (67, 103, 221),
+        (40, 170, 245),
+        (26, 228, 182),
+        (112, 254, 90),
+        (200, 239, 52),
+        (253, 174, 50),
+        (232, 82, 17),
+        (122, 4, 3),
+    ],
+    np.float32,
+)
+
+
+def turbo(x: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] -> ``uint8 (..., 3)`` colours of a turbo-like map (clipped)."""
+    t = np.clip(np.nan_to_num(np.asarray(x, np.float32), nan=0.0), 0.0, 1.0)
+    out = np.empty(t.shape + (3,), np.float32)
+    for c in range(3):
+        out[..., c] = np.interp(t, _TURBO_POS, _TURBO_RGB[:, c])
+    return np.rint(out).astype(np.uint8)
+
+
+def depth_range(depth_m: np.ndarray, lo_pct: float = 2.0, hi_pct: float = 98.0) -> tuple[float, float]:
+    """Robust display range (metres) of the valid (> 0, finite) depths; ``(0, 1)`` if there are none."""
+    d = np.asarray(depth_m, np.float32)
+    valid = d[np.isfinite(d) & (d > 0)]
+    if valid.size == 0:
+        return 0.0, 1.0
+    lo, hi = np.percentile(valid, [lo_pct, hi_pct])
+    if hi - lo < 1e-6:
+        lo, hi = float(valid.min()), float(valid.max())
+    if hi - lo < 1e-6:
+        hi = lo + 1e-3
+    return float(lo), float(hi)
+
+
+def depth_to_rgb(
+    depth_m: np.ndarray, *, vmin: float | None = None, vmax: float | None = None
+) -> np.ndarray:
+    """Depth in metres ``(H, W)`` -> ``uint8 (H, W, 3)``: near = blue, far = red, holes (0, NaN, inf) black.
+
+    The range defaults to the 2nd..98th percentile of the valid depths.
+    """
+    d = np.asarray(depth_m, np.float32)
+    if d.ndim == 3 and d.shape[-1] == 1:
+        d = d[..., 0]
+    if d.ndim != 2:
+        raise ValueError(f"depth must be (H, W), got shape {d.shape}")
+    lo, hi = depth_range(d)
+    lo = lo if vmin is None else float(vmin)
+    hi = hi if vmax is None else float(vmax)
+    if hi <= lo:
+        hi = lo + 1e-3
+    hole = ~np.isfinite(d) | (d <= 0)
+    t = (np.where(hole, lo, d) - lo) / (hi - lo)
+    out = turbo(t)
+    out[hole] = 0
+    return out
+
+
+# --------------------------------------------------------------------------- legend
+
+
+@dataclass(frozen=True)
+class LegendEntry:
+    """One class present in a label map."""
+
+    class_id: int
+    name: str
+    color: str  # "#rrggbb"
+    fraction: float  # share of the labelled pixels
+
+
+def legend_entries(
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    palette: np.ndarray | None = None,
+    ignore_index: int = IGNORE_INDEX,
+    min_fraction: float = 0.0,
+) -> list[LegendEntry]:
+    """Classes present in ``labels`` (largest first), with name, colour and pixel share.
+
+    ``ignore_index`` pixels are left out. Classes below ``min_fraction`` of the
+    labelled pixels are dropped (0 keeps every present class).
+    """
+    lab = np.asarray(labels).astype(np.int64).ravel()
+    lab = lab[(lab != ignore_index) & (lab >= 0) & (lab < 256)]
+    if lab.size == 0:
+        return []
+    pal = PALETTE if palette is None else np.asarray(palette, np.uint8)
+    counts = np.bincount(lab, minlength=256)
+    total = float(lab.size)
+    out = []
+    for cid in np.flatnonzero(counts):
+        frac = counts[cid] / total
+        if frac < min_fraction:
+            continue
+        name = class_names[cid] if class_names is not None and cid < len(class_names) else f"class {cid}"
+        col = hex_color(pal[cid]) if cid < len(pal) else hex_color(IGNORE_COLOR)
+        out.append(LegendEntry(int(cid), str(name), col, float(frac)))
+    out.sort(key=lambda e: (-e.fraction, e.class_id))
+    return out
+
+
+def legend_html(entries: Iterable[LegendEntry], *, show_fraction: bool = True) -> str:
+    """Colour chips for legend entries, as a small HTML snippet (names are escaped)."""
+    chips = []
+    for e in entries:
+        pct = f"{e.fraction * 100:.1f}%" if show_fraction else ""
+        chips.append(
+            '<span style="display:inline-flex;align-items:center;margin:0 10px 4px 0;font-size:0.85em;">'
+            f'<span style="display:inline-block;width:12px;height:12px;border-radius:2px;'
+            f'background:{e.color};margin-right:4px;border:1px solid #8884;"></span>'
+            f'{html.escape(e.name)}<span style="opacity:0.6;margin-left:4px">{pct}</span></span>'
+        )
+    return '<div style="line-height:1.4">' + "".join(chips) + "</div>"
+
+
+# --------------------------------------------------------------------------- comparisons
+
+
+def changed_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Boolean ``(H, W)``: pixels whose label differs between two label maps of one shape."""
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in shape: {a.shape} vs {b.shape}")
+    return a != b
+
+
+def change_image(rgb: np.ndarray, mask: np.ndarray, *, color=(255, 0, 255), dim: float = 0.35) -> np.ndarray:
+    """The image dimmed to grey with ``mask`` pixels painted in ``color`` (default magenta)."""
+    img = _as_rgb_u8(rgb)
+    m = np.asarray(mask, bool)
+    if m.shape != img.shape[:2]:
+        raise ValueError(f"mask {m.shape} does not match image {img.shape[:2]}")
+    grey = img.astype(np.float32).mean(axis=2, keepdims=True) * dim
+    out = np.repeat(grey, 3, axis=2)
+    out[m] = color
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def frame_metrics(
+    pred: np.ndarray, target: np.ndarray, num_classes: int, *, ignore_index: int = IGNORE_INDEX
+) -> dict[str, float]:
+    """Per-frame pixel accuracy and mIoU of ``pred`` against ``target`` (same shape).
+
+    Pixels where ``target == ignore_index`` are left out. The mIoU averages
+    IoU over the classes that occur in the target or the prediction on the
+    labelled pixels (a single frame holds only a few of the classes), so it
+    is not the data-set mIoU. Returns ``pixel_acc``, ``miou``, ``n_classes``,
+    ``n_pixels``; NaN when the frame has no labelled pixel.
+    """
+    p = np.asarray(pred).astype(np.int64).ravel()
+    t = np.asarray(target).astype(np.int64).ravel()
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {np.shape(pred)} and target {np.shape(target)} differ in shape")
+    valid = (t != ignore_index) & (t >= 0) & (t < num_classes)
+    p, t = p[valid], t[valid]
+    if t.size == 0:
+        return {"pixel_acc": float("nan"), "miou": float("nan"), "n_classes": 0, "n_pixels": 0}
+    p = np.where((p >= 0) & (p < num_classes), p, num_classes)  # out-of-range predictions: always wrong
+    k = num_classes + 1
+    conf = np.bincount(t * k + p, minlength=k * k).reshape(k, k)[:num_classes]
+    inter = np.diag(conf[:, :num_classes]).astype(np.float64)
+    gt_count = conf.sum(1).astype(np.float64)
+    pred_count = conf[:, :num_classes].sum(0).astype(np.float64)
+    union = gt_count + pred_count - inter
+    seen = union > 0
+    iou = inter[seen] / union[seen]
+    return {
+        "pixel_acc": float(inter.sum() / t.size),
+        "miou": float(iou.mean()) if iou.size else float("nan"),
+        "n_classes": int(seen.sum()),
+        "n_pixels": int(t.size),
+    }
+
+
+def saving_percent(reference: float | None, spent: float | None) -> float | None:
+    """How much less ``spent`` is than ``reference``, in % (negative = more); None if unknown."""
+    if reference is None or spent is None or not np.isfinite(reference) or reference <= 0:
+        return None
+    return float(100.0 * (1.0 - spent / reference))
+
+
+def format_flops(flops: float | None) -> str:
+    """``1.23e9`` -> ``"1.23 GFLOPs"``; ``None`` -> ``"n/a"``."""
+    if flops is None or not np.isfinite(flops):
+        return "n/a"
+    for unit, scale in (("TFLOPs", 1e12), ("GFLOPs", 1e9), ("MFLOPs", 1e6), ("kFLOPs", 1e3)):
+        if abs(flops) >= scale:
+            return f"{flops / scale:.2f} {unit}"
+    return f"{flops:.0f} FLOPs"
+
+
+def fit_within(img: np.ndarray, max_side: int) -> np.ndarray:
+    """Shrink an image (or ``(H, W)`` map, nearest) so its longer side is at most ``max_side``."""
+    a = np.asarray(img)
+    h, w = a.shape[:2]
+    s = max(h, w)
+    if s <= max_side:
+        return a
+    from PIL import Image
+
+    nh, nw = max(1, round(h * max_side / s)), max(1, round(w * max_side / s))
+    if a.ndim == 3 and a.dtype == np.uint8:
+        return np.asarray(Image.fromarray(a).resize((nw, nh), Image.BILINEAR))
+    # depth / labels: nearest neighbour keeps holes and ids intact
+    ys = (np.arange(nh) * h / nh).astype(np.int64)
+    xs = (np.arange(nw) * w / nw).astype(np.int64)
+    return a[ys][:, xs]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def branch_label(k: int) -> str:
+    """Axis label of DynMM branch ``k``."""
+    return "k=0 · RGB only" if k == 0 else f"k={k}"
+
+
+def branch_description(k: int, n_stages: int | None = None) -> str:
+    """What DynMM branch ``k`` means, in words."""
+    if k == 0:
+        return "RGB only: the depth encoder never runs"
+    if n_stages is not None and k >= n_stages:
+        return f"depth fused into all {n_stages} stages (full RGB-D)"
+    return f"depth fused into the first {k} stage{'s' if k != 1 else ''}"
+
+
+def gate_probs_figure(probs: Sequence[float], chosen: int | None = None, *, n_stages: int | None = None) -> go.Figure:
+    """Bar chart of the DynMM gate's branch probabilities; the branch taken is highlighted.
+
+    Branch ``k`` = depth fused into the first ``k`` encoder stages; ``k = 0``
+    means the depth encoder never runs.
+    """
+    p = [float(v) for v in probs]
+    ks = list(range(len(p)))
+    colors = ["#e4572e" if k == chosen else "#9aa5b1" for k in ks]
+    fig = go.Figure(
+        go.Bar(
+            x=[branch_label(k) for k in ks],
+            y=p,
+            marker_color=colors,
+            text=[f"{v:.2f}" for v in p],
+            textposition="outside",
+            hovertext=[branch_description(k, n_stages) for k in ks],
+            hovertemplate="%{x}: %{y:.3f}<br>%{hovertext}<extra></extra>",
+        )
+    )
+    title = "Gate: branch probabilities"
+    if chosen is not None:
+        title += f" (taken: k={chosen})"
+    fig.update_layout(
+        title=title,
+        yaxis=dict(title="probability", range=[0, 1.15]),
+        xaxis=dict(title="branch"),
+        height=300,
+        margin=dict(l=40, r=10, t=40, b=40),
+        showlegend=False,
+    )
+    return fig
+
+
+def compute_figure(rows: Sequence[dict]) -> go.Figure:
+    """Side-by-side bars of measured GFLOPs and milliseconds, one bar per row.
+
+    Each row is a dict with ``name``, ``flops`` (float or None) and ``ms``
+    (float or None); unknown values are drawn as missing bars.
+    """
+    names = [str(r["name"]) for r in rows]
+    gf = [None if r.get("flops") is None else float(r["flops"]) / 1e9 for r in rows]
+    ms = [None if r.get("ms") is None else float(r["ms"]) for r in rows]
+    palette = ["#5b8def", "#e4572e", "#76b041", "#ffc914", "#8e6c8a"]
+    colors = [palette[i % len(palette)] for i in range(len(rows))]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("GFLOPs (measured)", "forward time (ms)"))
+    fig.add_trace(
+        go.Bar(x=names, y=gf, marker_color=colors, text=[_fmt(v, 2) for v in gf], textposition="outside",
+               hovertemplate="%{x}: %{y:.3f} GFLOPs<extra></extra>"),
+        row=1, col=1,
+    )
+    fig.add_trace(
+        go.Bar(x=names, y=ms, marker_color=colors, text=[_fmt(v, 1) for v in ms], textposition="outside",
+               hovertemplate="%{x}: %{y:.1f} ms<extra></extra>"),
+        row=1, col=2,
+    )
+    for col, vals in ((1, gf), (2, ms)):
+        top = max([v for v in vals if v is not None] or [1.0])
+        fig.update_yaxes(range=[0, top * 1.2 if top > 0 else 1.0], row=1, col=col)
+    fig.update_layout(height=300, showlegend=False, margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+def _fmt(v: float | None, nd: int) -> str:
+    return "n/a" if v is None else f"{v:.{nd}f}"

@@ -1,0 +1,35 @@
+"""Helpers for the app tests: tiny synthetic inputs made in memory (never data-set files)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_NYUV2 = ROOT.parent / "shared" / "data" / "nyuv2"
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def synthetic_rgbd(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A small indoor-ish scene: RGB gradient with a box, and an 8-bit NYU-style depth (m * 25.5) with a hole."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    rgb = np.stack([(xx * 255 // w), (yy * 255 // h), np.full_like(xx, 120)], -1).astype(np.uint8)
+    rgb[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = (200, 60, 40)
+    rgb = np.clip(rgb.astype(int) + rng.integers(-10, 10, rgb.shape), 0, 255).astype(np.uint8)
+    depth_m = 1.0 + 3.0 * yy / h
+    depth_m[h // 3: 2 * h // 3, w // 3: 2 * w // 3] = 1.2
+    depth8 = np.clip(np.rint(depth_m * 25.5), 0, 255).astype(np.uint8)
+    depth8[:4, :4] = 0  # a hole
+    return rgb, depth8
+
+
+def shared_data_present() -> bool:
+    return (SHARED_NYUV2 / "test.txt").exists() and (SHARED_NYUV2 / "images").is_dir()

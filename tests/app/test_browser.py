@@ -1,0 +1,115 @@
+"""Real-browser test: `streamlit run app.py` + Playwright driving Debian's Chromium (no `playwright install`).
+
+Uploads a synthetic RGB PNG and depth PNG on the RGB-D page and waits for the segmentation and the
+DynMM gate decision. Waits are bounded; the server is always stopped.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from app_helpers import ROOT, png_bytes, synthetic_rgbd
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+WAIT_MS = 120_000
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not found (apt-get install chromium)"),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"streamlit exited early with code {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"streamlit not healthy after {timeout:.0f} s")
+
+
+@pytest.fixture
+def server(tmp_path):
+    port = _free_port()
+    empty = tmp_path / "no_nyuv2"
+    empty.mkdir()
+    # one intra-op thread: on a small shared machine oversubscribed threads make each forward crawl
+    env = {**os.environ, "FUSION_NYUV2": str(empty), "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "streamlit.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        log.close()
+
+
+def test_upload_and_see_gate_decision(server, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    rgb, depth8 = synthetic_rgbd(h=120, w=160)
+    rgb_path, depth_path = tmp_path / "scene.png", tmp_path / "depth.png"
+    rgb_path.write_bytes(png_bytes(rgb))
+    depth_path.write_bytes(png_bytes(depth8))
+
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 2400})
+            page.set_default_timeout(WAIT_MS)
+            page.goto(server + "/rgbd", wait_until="domcontentloaded")
+            page.get_by_text("RGB-D segmentation: static fusion vs DynMM").wait_for()
+
+            uploaders = page.locator('[data-testid="stFileUploader"]')
+            # depth first (nothing to segment yet), then the RGB image that triggers the models
+            uploaders.filter(has_text="Depth map").locator('input[type="file"]').set_input_files(str(depth_path))
+            page.get_by_text("Upload an RGB image").first.wait_for()
+            uploaders.filter(has_text="RGB image").locator('input[type="file"]').set_input_files(str(rgb_path))
+            page.get_by_text("Depth read as").first.wait_for()
+            page.get_by_text("Decision:").first.wait_for()
+
+            assert page.get_by_role("heading", name="Segmentation").count() >= 1
+            page.locator('[data-testid="stImage"]').nth(3).wait_for()  # rgb, depth, 2 segmentations
+            assert page.locator('[data-testid="stImage"]').count() >= 4
+            decision = page.locator('[data-testid="stMarkdownContainer"]').filter(has_text="Decision:").first
+            assert re.search(r"k=\d", decision.inner_text()), decision.inner_text()
+            page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for()  # gate + compute charts
+            assert page.locator('[data-testid="stException"]').count() == 0
+            assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+            page.screenshot(path=str(tmp_path / "rgbd.png"), full_page=True)
+        finally:
+            browser.close()
+    assert (tmp_path / "rgbd.png").stat().st_size > 10_000

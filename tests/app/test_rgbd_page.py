@@ -1,0 +1,234 @@
+"""AppTest (headless, no browser) for the home page and the RGB-D page.
+
+Inputs are tiny synthetic images made here; the NYUv2 test-frame case runs only when the shared copy
+of the data set is present. Models are the shipped checkpoints, or untrained registry models when
+there are none (the page says so), so these tests check the page's wiring, not accuracy.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_helpers import ROOT, SHARED_NYUV2, png_bytes, shared_data_present, synthetic_rgbd
+
+TIMEOUT = 120  # seconds per script run; the machine is small and shared
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
+    parts += [e.value for e in at.info] + [e.value for e in at.error] + [s.value for s in at.subheader]
+    return "\n".join(str(p) for p in parts)
+
+
+def _assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error] + [c.value for c in at.code]
+
+
+def _rgbd_page(monkeypatch=None) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page("pages/rgbd.py")
+    at.run()
+    return at
+
+
+def _upload(at: AppTest, rgb_bytes: bytes | None, depth: tuple[str, bytes] | None, units: str = "auto") -> AppTest:
+    ups = {u.key: u for u in at.file_uploader}
+    if rgb_bytes is not None:
+        ups["rgbd_rgb_file"].set_value(("scene.png", rgb_bytes, "image/png"))
+    if depth is not None:
+        name, data = depth
+        ups["rgbd_depth_file"].set_value((name, data, "application/octet-stream"))
+    at.selectbox(key="rgbd_depth_units").set_value(units)
+    at.run()
+    return at
+
+
+def _png_header_only(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h pixels (no pixel data): a cheap stand-in for a huge upload."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def _images(at: AppTest) -> int:
+    return len(at.get("image"))
+
+
+# --------------------------------------------------------------------------- home
+
+
+def test_home_page(app_cwd, no_data_env):
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT).run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "Fusion Explorer" in at.title[0].value
+    assert "DynMM" in text and "RGB-D" in text
+    assert "planned" in text  # honest about what is not shipped yet
+    assert at.get("page_link"), "home links to the RGB-D page"
+
+
+# --------------------------------------------------------------------------- RGB-D page
+
+
+def test_rgbd_page_without_data(app_cwd, no_data_env):
+    at = _rgbd_page()
+    _assert_clean(at)
+    assert [o for o in at.radio(key="rgbd_source").options] == ["Upload"]
+    assert "Upload an RGB image" in _texts(at)
+    assert {u.key for u in at.file_uploader} >= {"rgbd_rgb_file", "rgbd_depth_file"}
+
+
+def test_rgbd_upload_shows_segmentation_gate_and_compute(app_cwd, no_data_env):
+    rgb, depth8 = synthetic_rgbd()
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(depth8)), units="u8_nyu")
+    _assert_clean(at)
+    text = _texts(at)
+    assert "Segmentation" in text
+    assert "**Static fusion**" in text and "**DynMM**" in text
+    assert "Decision:" in text and "k=" in text
+    assert _images(at) >= 4  # rgb, depth, two segmentations
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 2  # gate probabilities + compute
+    metrics = {m.label: m for m in at.metric}
+    assert "DynMM FLOPs" in metrics and "vs static" in metrics["DynMM FLOPs"].delta
+    assert "FLOPs are counted" in text
+
+
+def test_rgbd_remove_depth_shows_changes(app_cwd, no_data_env):
+    rgb, depth8 = synthetic_rgbd()  # same input as above: cached forwards are reused
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(depth8)))
+    at.toggle(key="rgbd_remove_depth").set_value(True).run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "Without depth" in text
+    assert "of pixels change label" in text
+    assert "Gate decision:" in text and "k=0" in text  # without depth DynMM runs RGB only
+
+
+def test_rgbd_rgb_only_upload(app_cwd, no_data_env):
+    rgb, _ = synthetic_rgbd()
+    at = _upload(_rgbd_page(), png_bytes(rgb), None)
+    _assert_clean(at)
+    text = _texts(at)
+    assert "No depth map" in text and "Decision:" in text
+
+
+def test_rgbd_npy_depth(app_cwd, no_data_env):
+    rgb, depth8 = synthetic_rgbd()
+    buf = io.BytesIO()
+    np.save(buf, depth8.astype(np.float32) / 25.5)
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.npy", buf.getvalue()), units="m_npy")
+    _assert_clean(at)
+    assert "Decision:" in _texts(at)
+
+
+def test_rgbd_large_upload_is_shrunk(app_cwd, no_data_env):
+    rgb, depth8 = synthetic_rgbd(h=900, w=1200, seed=5)
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(depth8[::3, ::3].copy())))
+    _assert_clean(at)
+    text = _texts(at)
+    assert "shrunk from 1200×900" in text and "resized" in text
+    assert "Decision:" in text
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["not_an_image", "corrupt_png", "huge_image", "all_zero_depth", "other_aspect_depth", "pickled_npy"],
+)
+def test_rgbd_bad_input_gives_clean_error(app_cwd, no_data_env, case):
+    rgb, depth8 = synthetic_rgbd(seed=4)
+    good_rgb = png_bytes(rgb)
+    if case == "not_an_image":
+        args = (b"this is a text file, not a picture", None)
+    elif case == "corrupt_png":
+        args = (good_rgb[: len(good_rgb) // 3], None)
+    elif case == "huge_image":
+        args = (_png_header_only(20_000, 20_000), None)
+    elif case == "all_zero_depth":
+        args = (good_rgb, ("depth.png", png_bytes(np.zeros_like(depth8))))
+    elif case == "other_aspect_depth":
+        args = (good_rgb, ("depth.png", png_bytes(np.full((96, 96), 60, np.uint8))))
+    else:  # an object-array .npy needs pickle: must be refused
+        buf = io.BytesIO()
+        np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+        args = (good_rgb, ("depth.npy", buf.getvalue()))
+    at = _upload(_rgbd_page(), *args)
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.error, f"{case}: expected an st.error"
+    msg = at.error[0].value
+    assert "Traceback" not in msg and len(msg) > 10
+
+
+@pytest.mark.skipif(not shared_data_present(), reason=f"NYUv2 shared copy not found at {SHARED_NYUV2}")
+def test_rgbd_test_frame_with_ground_truth(app_cwd, monkeypatch):
+    monkeypatch.setenv("FUSION_NYUV2", str(SHARED_NYUV2))
+    at = _rgbd_page()
+    _assert_clean(at)
+    src = at.radio(key="rgbd_source")
+    assert "NYUv2 test frame" in src.options
+    src.set_value("NYUv2 test frame").run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "NYUv2 test frame" in text
+    assert "pixel acc" in text and "mIoU" in text  # per-frame scores against the ground truth
+    assert "Decision:" in text
+    assert _images(at) >= 5  # rgb, depth, ground truth, two segmentations
+
+
+@pytest.fixture
+def clear_caches_after():
+    """Drop the page's cached models/results afterwards, so stand-in models never leak into other tests."""
+    yield
+    import streamlit as st
+
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+def test_rgbd_budget_picker_with_checkpoints(app_cwd, no_data_env, monkeypatch, clear_caches_after):
+    """With model cards present the page offers a DynMM budget picker and no 'checkpoints missing' note.
+
+    The cards and loader are stand-ins (registry models, untrained) so the test does not depend on
+    which checkpoints have been trained yet.
+    """
+    from fusion import inference
+    from fusion.registry import create
+
+    cards = [  # the fields fusion.train writes into a card
+        {"name": "static_rgbd", "task": "rgbd_seg", "registry": "static_rgbd", "method": "static SE-add fusion",
+         "metrics": {"miou": 31.0, "mean_gflops": 2.36}},
+        {"name": "dynmm_rgbd_b1", "task": "rgbd_seg", "registry": "dynmm_rgbd", "method": "DynMM (fusion level)",
+         "training": {"resource_weight": 0.1}, "metrics": {"miou": 30.0, "mean_gflops": 1.8}},
+        {"name": "dynmm_rgbd_b2", "task": "rgbd_seg", "registry": "dynmm_rgbd", "method": "DynMM (fusion level)",
+         "training": {"resource_weight": 0.4}, "metrics": {"miou": 28.0, "mean_gflops": 1.2}},
+    ]
+    loaded = []
+
+    def fake_load(name, *a, **k):
+        loaded.append(name)
+        card = next(c for c in cards if c["name"] == name)
+        return create(card["registry"], pretrained=False).eval(), card
+
+    monkeypatch.setattr(inference, "list_checkpoints", lambda *a, **k: cards)
+    monkeypatch.setattr(inference, "load_checkpoint", fake_load)
+    rgb, depth8 = synthetic_rgbd(seed=6)
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(depth8)))
+    _assert_clean(at)
+    assert "No trained checkpoint" not in _texts(at)
+    assert any("Model cards" in e.label for e in at.expander)
+    budget = at.selectbox(key="rgbd_budget")
+    assert list(budget.options) == ["dynmm_rgbd_b1 · λ=0.1 · 1.80 GFLOPs · test mIoU 30.0%",
+                                    "dynmm_rgbd_b2 · λ=0.4 · 1.20 GFLOPs · test mIoU 28.0%"]
+    budget.set_value("dynmm_rgbd_b2").run()
+    _assert_clean(at)
+    assert "Decision:" in _texts(at)
+    assert {"static_rgbd", "dynmm_rgbd_b1", "dynmm_rgbd_b2"} <= set(loaded)

@@ -1,0 +1,137 @@
+"""fusion.viz: pure picture/figure helpers, tested without a browser."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import numpy as np
+import plotly.graph_objects as go
+import pytest
+
+from fusion import viz
+
+
+def test_no_streamlit_import():
+    tree = ast.parse(Path(viz.__file__).read_text())
+    mods = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    mods |= {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert not any(m.split(".")[0] == "streamlit" for m in mods)
+
+
+def test_palette_distinct_and_not_black():
+    pal = viz.make_palette(40)
+    assert pal.shape == (40, 3) and pal.dtype == np.uint8
+    assert len({tuple(c) for c in pal}) == 40
+    assert (pal.max(axis=1) > 60).all()  # black is reserved for holes / no label
+    np.testing.assert_array_equal(pal, viz.make_palette(40))  # deterministic
+
+
+def test_colorize_and_ignore():
+    lab = np.array([[0, 1], [39, 255]], np.uint8)
+    img = viz.colorize(lab)
+    assert img.shape == (2, 2, 3) and img.dtype == np.uint8
+    np.testing.assert_array_equal(img[0, 0], viz.PALETTE[0])
+    np.testing.assert_array_equal(img[1, 0], viz.PALETTE[39])
+    np.testing.assert_array_equal(img[1, 1], [0, 0, 0])
+    with pytest.raises(ValueError):
+        viz.colorize(np.zeros((2, 2, 2), np.uint8))
+
+
+def test_overlay_blend_and_shape_check():
+    rgb = np.full((4, 6, 3), 100, np.uint8)
+    lab = np.zeros((4, 6), np.int64)
+    lab[0, 0] = 255
+    out = viz.overlay(rgb, lab, alpha=0.0)
+    np.testing.assert_array_equal(out, rgb)
+    out = viz.overlay(rgb, lab, alpha=1.0)
+    np.testing.assert_array_equal(out[1, 1], viz.PALETTE[0])
+    np.testing.assert_array_equal(out[0, 0], rgb[0, 0])  # ignored pixel keeps the image
+    with pytest.raises(ValueError):
+        viz.overlay(rgb, np.zeros((3, 6), np.int64))
+
+
+def test_depth_to_rgb_holes_black_and_monotone():
+    d = np.tile(np.linspace(0.5, 5.0, 64, dtype=np.float32), (4, 1))
+    d[0, 0] = 0.0
+    d[1, 1] = np.nan
+    img = viz.depth_to_rgb(d)
+    assert img.shape == (4, 64, 3) and img.dtype == np.uint8
+    np.testing.assert_array_equal(img[0, 0], [0, 0, 0])
+    np.testing.assert_array_equal(img[1, 1], [0, 0, 0])
+    # near is blue-ish, far is red-ish
+    near, far = img[2, 2].astype(int), img[2, -3].astype(int)
+    assert near[2] > near[0] and far[0] > far[2]
+    # all-hole depth: black image, no crash
+    assert viz.depth_to_rgb(np.zeros((3, 3), np.float32)).max() == 0
+
+
+def test_legend_entries_only_present_classes():
+    lab = np.array([[2, 2, 2, 5], [5, 255, 255, 2]])
+    names = [f"n{i}" for i in range(40)]
+    ents = viz.legend_entries(lab, names)
+    assert [e.class_id for e in ents] == [2, 5]
+    assert ents[0].name == "n2" and ents[0].color.startswith("#")
+    assert abs(sum(e.fraction for e in ents) - 1.0) < 1e-9
+    assert viz.legend_entries(np.full((2, 2), 255)) == []
+    html = viz.legend_html(viz.legend_entries(lab, ["<b>"] * 40))
+    assert "&lt;b&gt;" in html and "<b>" not in html
+
+
+def test_frame_metrics():
+    gt = np.array([[0, 0, 1, 1], [255, 255, 1, 1]])
+    assert viz.frame_metrics(gt, gt, 3)["pixel_acc"] == 1.0
+    pred = np.array([[0, 1, 1, 1], [2, 2, 1, 1]])
+    m = viz.frame_metrics(pred, gt, 3)
+    assert m["pixel_acc"] == pytest.approx(5 / 6)
+    # IoU class0 = 1/2, class1 = 4/5 -> mean 0.65
+    assert m["miou"] == pytest.approx(0.65)
+    assert m["n_pixels"] == 6
+    assert np.isnan(viz.frame_metrics(pred, np.full_like(gt, 255), 3)["pixel_acc"])
+
+
+def test_change_mask_and_image():
+    a = np.zeros((3, 3), np.int64)
+    b = a.copy()
+    b[1, 2] = 4
+    m = viz.changed_mask(a, b)
+    assert m.sum() == 1
+    img = viz.change_image(np.full((3, 3, 3), 200, np.uint8), m)
+    np.testing.assert_array_equal(img[1, 2], [255, 0, 255])
+    assert img[0, 0].max() < 200
+
+
+def test_saving_and_format():
+    assert viz.saving_percent(10.0, 4.0) == pytest.approx(60.0)
+    assert viz.saving_percent(None, 4.0) is None
+    assert viz.saving_percent(0.0, 4.0) is None
+    assert viz.format_flops(2.5e9) == "2.50 GFLOPs"
+    assert viz.format_flops(None) == "n/a"
+
+
+def test_fit_within():
+    img = np.zeros((100, 400, 3), np.uint8)
+    assert viz.fit_within(img, 200).shape == (50, 200, 3)
+    assert viz.fit_within(img, 800) is img
+    d = np.arange(400 * 100, dtype=np.float32).reshape(100, 400)
+    assert viz.fit_within(d, 200).shape == (50, 200)
+
+
+def test_gate_probs_figure():
+    fig = viz.gate_probs_figure([0.1, 0.6, 0.3], chosen=1, n_stages=2)
+    assert isinstance(fig, go.Figure)
+    bar = fig.data[0]
+    assert list(bar.y) == [0.1, 0.6, 0.3]
+    assert bar.x[0].startswith("k=0")
+    assert bar.marker.color[1] != bar.marker.color[0]
+    assert "never runs" in bar.hovertext[0]
+    assert "k=1" in fig.layout.title.text
+
+
+def test_compute_figure():
+    fig = viz.compute_figure([
+        {"name": "Static", "flops": 4e9, "ms": 20.0},
+        {"name": "DynMM", "flops": 2e9, "ms": None},
+    ])
+    assert isinstance(fig, go.Figure) and len(fig.data) == 2
+    assert list(fig.data[0].y) == [4.0, 2.0]
+    assert fig.data[1].y[1] is None
