@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = default)")
     p.add_argument("--init", default=None, help="start from this checkpoint (name in assets/ or path)")
     p.add_argument("--resource-weight", type=float, default=None, help="DynMM lambda (budget knob)")
+    p.add_argument("--gate-lr-mult", type=float, default=10.0, help="DynMM gate LR = this x --lr")
     p.add_argument("--gumbel", action="store_true", help="DynMM: Gumbel-softmax gate while training")
     p.add_argument("--out", default="runs/train", help="run folder: log.jsonl, last.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
@@ -101,12 +102,17 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
-def param_groups(model: torch.nn.Module, lr: float, wd: float) -> list[dict]:
-    enc, rest = [], []
+def param_groups(model: torch.nn.Module, lr: float, wd: float, gate_lr_mult: float) -> list[dict]:
+    """Encoders at 0.3x the LR, decoder/fusion at 1x, the DynMM gate at ``gate_lr_mult`` x: its
+    straight-through gradient is weak and it starts from scratch while the rest is pre-trained."""
+    enc, rest, gate = [], [], []
     for n, p in model.named_parameters():
-        (enc if n.startswith(("rgb_encoder.", "depth_encoder.")) else rest).append(p)
-    return [{"params": enc, "lr": lr * 0.3, "base_lr": lr * 0.3, "weight_decay": wd},
-            {"params": rest, "lr": lr, "base_lr": lr, "weight_decay": wd}]
+        (enc if n.startswith(("rgb_encoder.", "depth_encoder.")) else gate if n.startswith("gate.") else rest).append(p)
+    groups = [{"params": enc, "lr": lr * 0.3, "base_lr": lr * 0.3, "weight_decay": wd},
+              {"params": rest, "lr": lr, "base_lr": lr, "weight_decay": wd}]
+    if gate:
+        groups.append({"params": gate, "lr": lr * gate_lr_mult, "base_lr": lr * gate_lr_mult, "weight_decay": 0.0})
+    return groups
 
 
 def loss_fn(model: torch.nn.Module, out, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
                         num_workers=args.workers, drop_last=len(ds) >= args.batch_size * world * 2,
                         generator=g, persistent_workers=args.workers > 0)
     model = build_model(args).to(device)
-    opt = torch.optim.AdamW(param_groups(model, args.lr, args.weight_decay))
+    opt = torch.optim.AdamW(param_groups(model, args.lr, args.weight_decay, args.gate_lr_mult))
     out_dir = Path(args.out)
     start_epoch, step = 0, 0
     if args.resume and (out_dir / "last.pt").exists():
