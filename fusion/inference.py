@@ -31,6 +31,9 @@ class SegResult:
     gate_probs: list[float] | None = None  # DynMM: gate probabilities over branches 0..4
     present: tuple[str, ...] = ()
     notes: list[str] = field(default_factory=list)
+    fusion_flops: float | None = None  # sparse / DEQ: FLOPs of the fusion block alone (nested counter)
+    fusion_bytes: float | None = None  # sparse / DEQ: bytes the fusion block's ops allocated
+    iter_labels: dict[int, np.ndarray] = field(default_factory=dict)  # DEQ: prediction at kept solver iterations
 
 
 def list_checkpoints(task: str = "rgbd_seg", root: Path = ASSETS) -> list[dict[str, Any]]:
@@ -70,21 +73,37 @@ def to_tensors(rgb: np.ndarray, depth_m: np.ndarray | None, size: tuple[int, int
 
 @torch.no_grad()
 def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None, *, size: tuple[int, int] | None = None,
-            count_flops: bool = True, repeats: int = 3, force_branch: int | None = None) -> SegResult:
+            count_flops: bool = True, repeats: int = 3, force_branch: int | None = None, drop_rgb: bool = False,
+            **opts) -> SegResult:
     """Segment one RGB(-D) input; FLOPs counted on the executed path, time measured without the counter.
 
-    ``size``: model input (H, W); default :func:`model_size` of the RGB (aspect ratio kept, ~240x320)."""
+    ``size``: model input (H, W); default :func:`model_size` of the RGB (aspect ratio kept, ~240x320).
+    ``drop_rgb``: remove the photo (models that accept depth alone). ``opts``: the model's per-call method
+    settings (sparse ``pool`` / ``keep_ratio``; DEQ ``solver`` / ``max_iter`` / ``tol`` / ``keep_states_at``;
+    adapted ``adapter``)."""
     inputs = to_tensors(rgb, depth_m, size or model_size(rgb.shape[:2]))
-    kw = {"force_branch": force_branch} if getattr(model, "dynamic", False) else {}
+    if drop_rgb:
+        if DEPTH not in inputs:
+            raise FusionError("switch at least one modality on")
+        del inputs[RGB]
+    kw = dict(opts)
+    if getattr(model, "dynamic", False):
+        kw["force_branch"] = force_branch
     out = model(inputs, count_flops=count_flops, **kw)
+    kw.pop("keep_states_at", None)
     model(inputs, **kw)  # warm-up
     times = []
     for _ in range(max(1, repeats)):
         t = time.perf_counter()
         model(inputs, **kw)
         times.append((time.perf_counter() - t) * 1e3)
-    logits = F.interpolate(out.logits, size=rgb.shape[:2], mode="bilinear", align_corners=False)
-    return SegResult(labels=logits.argmax(1)[0].numpy().astype(np.int32), out=out,
+    def labels_of(lg: torch.Tensor) -> np.ndarray:
+        return F.interpolate(lg, size=rgb.shape[:2], mode="bilinear", align_corners=False).argmax(1)[0].numpy(
+        ).astype(np.int32)
+
+    return SegResult(labels=labels_of(out.logits), out=out, fusion_flops=out.extras.get("fusion_flops"),
+                     fusion_bytes=out.extras.get("fusion_bytes"),
+                     iter_labels={t: labels_of(lg) for t, lg in out.extras.get("iter_logits", {}).items()},
                      flops=None if out.flops is None else float(out.flops[0]), ms=float(np.median(times)),
                      branch=None if out.branch is None else int(out.branch[0]),
                      gate_probs=None if out.gate_probs is None else [float(p) for p in out.gate_probs[0]],

@@ -9,7 +9,10 @@ Several (DDP; gloo on CPU, nccl on GPU)::
     torchrun --nproc_per_node 2 -m fusion.train --model static_rgbd ...
 
 DynMM starts from a trained static model (``--init``) and learns the gate with a resource-aware loss
-whose weight is the budget knob (``--resource-weight``). ``--resume`` continues from ``OUT/last.pt``.
+whose weight is the budget knob (``--resource-weight``). The sparse-fusion and DEQ models also start from
+it (their new fusion block is learnt, the rest fine-tuned). ``adapted_rgbd`` freezes it and learns only the
+adapters of each missing-modality subset, alternating the subsets batch by batch. ``--drop MOD`` trains
+any model with that modality always absent (the dedicated single-modality baselines). ``--resume`` continues from ``OUT/last.pt``.
 At the end the model is exported to ``assets/checkpoints/NAME.{safetensors,json}`` with ``--export NAME``.
 """
 from __future__ import annotations
@@ -31,16 +34,25 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from fusion.checkpoints import ASSETS, load_checkpoint, save_checkpoint
+from fusion.checkpoints import ASSETS, load_checkpoint, load_matching, save_checkpoint
 from fusion.data.nyuv2 import IGNORE_INDEX, NYUv2, find_root, num_train_classes
+from fusion.methods.adapters import adapter_state_dict, base_param_count, count_adapter_params
 from fusion.methods.dynmm import entropy, temperature
+from fusion.methods.sparse import POOL_MODES
+from fusion.models.rgbd import SUBSETS
 from fusion.registry import create
 from fusion.types import DEPTH, RGB, FusionError
 
 
+METHOD_NAMES = {"static": "static SE-add fusion", "dynmm": "DynMM (fusion level)",
+                "sparse": "sparse token fusion (SFT)", "deq": "deep-equilibrium fusion (DEQ)",
+                "adapted": "missing-modality adapters"}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fusion.train", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="static_rgbd", help="registry name (static_rgbd, dynmm_rgbd)")
+    p.add_argument("--model", default="static_rgbd",
+                   help="registry name (static_rgbd, dynmm_rgbd, sparse_rgbd, deq_rgbd, adapted_rgbd)")
     p.add_argument("--data", default=None, help="NYUv2 folder (default: $FUSION_NYUV2 or ../shared/data/nyuv2)")
     p.add_argument("--num-classes", type=int, default=40, choices=(40, 13), help="label set")
     p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
@@ -55,6 +67,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resource-weight", type=float, default=None, help="DynMM lambda (budget knob)")
     p.add_argument("--gate-lr-mult", type=float, default=10.0, help="DynMM gate LR = this x --lr")
     p.add_argument("--gumbel", action="store_true", help="DynMM: Gumbel-softmax gate while training")
+    p.add_argument("--drop", choices=(RGB, DEPTH), default=None,
+                   help="train with this modality always absent (dedicated single-modality baseline)")
+    p.add_argument("--adapter-kind", choices=("lora", "ssf", "bitfit"), default="lora", help="adapted_rgbd")
+    p.add_argument("--adapter-rank", type=int, default=4, help="adapted_rgbd, LoRA rank")
+    p.add_argument("--pool-mix", type=float, default=0.5,
+                   help="sparse_rgbd: share of steps with a random pooling mode and keep ratio (else the config's)")
+    p.add_argument("--deq-backward", choices=("implicit", "phantom"), default="implicit", help="deq_rgbd gradient")
+    p.add_argument("--jac-reg", type=float, default=0.0, help="deq_rgbd Jacobian regularisation weight")
     p.add_argument("--out", default="runs/train", help="run folder: log.jsonl, last.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--export", default=None, help="write assets/checkpoints/NAME.* at the end")
@@ -90,13 +110,22 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         if args.resource_weight is not None:
             kw["resource_weight"] = args.resource_weight
         kw["gumbel"] = args.gumbel
+    if args.model.startswith("deq"):
+        kw["deq"] = {"backward": args.deq_backward, "jac_reg_weight": args.jac_reg}
+    if args.model.startswith("adapted"):
+        if not args.init:
+            raise FusionError("adapted_rgbd needs --init: the trained model whose weights stay frozen")
+        kw["adapter"] = {"kind": args.adapter_kind, "rank": args.adapter_rank}
     model = create(args.model, **kw)
     if args.init:
         src, _ = load_checkpoint(args.init)
-        missing, unexpected = model.load_state_dict(src.state_dict(), strict=False)
-        bad = [k for k in missing if not k.startswith("gate.") and k != "branch_cost"]
-        if bad or unexpected:
-            raise FusionError(f"--init {args.init} does not fit {args.model}: {bad[:3]} {unexpected[:3]}")
+        got = load_matching(model, src.state_dict())
+        new_modules = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in got["new"] if k != "branch_cost"})
+        print(f"--init {args.init}: {len(got['loaded'])} tensors loaded; learnt from scratch: "
+              f"{', '.join(new_modules) or 'nothing'}; not used: {len(got['unused'])}")
+        if len(got["loaded"]) < len(got["new"]):
+            raise FusionError(f"--init {args.init} hardly fits {args.model}: {len(got['loaded'])} tensors loaded, "
+                              f"{len(got['new'])} new")
     if hasattr(model, "calibrate_costs") and model.dynamic:
         model.calibrate_costs(tuple(args.size))
     return model
@@ -107,9 +136,12 @@ def param_groups(model: torch.nn.Module, lr: float, wd: float, gate_lr_mult: flo
     straight-through gradient is weak and it starts from scratch while the rest is pre-trained."""
     enc, rest, gate = [], [], []
     for n, p in model.named_parameters():
+        if not p.requires_grad:  # frozen (adapted_rgbd's base)
+            continue
         (enc if n.startswith(("rgb_encoder.", "depth_encoder.")) else gate if n.startswith("gate.") else rest).append(p)
-    groups = [{"params": enc, "lr": lr * 0.3, "base_lr": lr * 0.3, "weight_decay": wd},
-              {"params": rest, "lr": lr, "base_lr": lr, "weight_decay": wd}]
+    groups = [{"params": rest, "lr": lr, "base_lr": lr, "weight_decay": wd}]
+    if enc:
+        groups.insert(0, {"params": enc, "lr": lr * 0.3, "base_lr": lr * 0.3, "weight_decay": wd})
     if gate:
         groups.append({"params": gate, "lr": lr * gate_lr_mult, "base_lr": lr * gate_lr_mult, "weight_decay": 0.0})
     return groups
@@ -118,6 +150,11 @@ def param_groups(model: torch.nn.Module, lr: float, wd: float, gate_lr_mult: flo
 def loss_fn(model: torch.nn.Module, out, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
     ce = F.cross_entropy(out.logits, target, ignore_index=IGNORE_INDEX)
     logs = {"ce": ce.item()}
+    if out.solver is not None:  # DEQ: solver statistics, and the optional Jacobian regulariser
+        logs.update(nstep=float(out.solver.nstep.float().mean()), res=float(out.solver.rel_residual.mean()))
+        if out.solver.jac_loss is not None:
+            logs["jac"] = float(out.solver.jac_loss)
+            return ce + out.solver.jac_loss, logs  # already weighted by jac_reg_weight
     if "branch_logits" not in out.extras:
         return ce, logs
     cfg = model.cfg.gate
@@ -158,7 +195,9 @@ def main(argv: list[str] | None = None) -> dict:
         opt.load_state_dict(state["opt"])
         start_epoch, step = state["epoch"], state["step"]
         torch.set_rng_state(state["rng"])
-    net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.kind in ("sparse", "deq")
+                                                    ) if world > 1 else model
+    pool_rng = random.Random(args.seed + rank)
     total = args.epochs * len(loader) if not args.max_steps else args.max_steps
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -176,7 +215,16 @@ def main(argv: list[str] | None = None) -> dict:
             for gp in opt.param_groups:  # polynomial decay with a short warm-up
                 gp["lr"] = gp["base_lr"] * min(1.0, (step + 1) / 30) * (1 - frac) ** 0.9
             inputs = {RGB: batch["rgb"].to(device), DEPTH: batch["depth"].to(device)}
-            out = net(inputs, tau=temperature(model.cfg.gate, frac)) if model.dynamic else net(inputs)
+            drop = args.drop or ({RGB: DEPTH, DEPTH: RGB}[SUBSETS[step % 2]] if model.kind == "adapted" else None)
+            if drop:
+                del inputs[drop]
+            kw = {}
+            if model.dynamic:
+                kw["tau"] = temperature(model.cfg.gate, frac)
+            if model.kind == "sparse" and pool_rng.random() < args.pool_mix:
+                kw["pool"] = pool_rng.choice(POOL_MODES)
+                kw["keep_ratio"] = pool_rng.choice((0.25, 0.125, 0.0625))
+            out = net(inputs, **kw)
             loss, logs = loss_fn(model, out, batch["label"].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -197,9 +245,17 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"steps": step, "seconds": round(time.time() - t0, 1), "world_size": world}
     if rank == 0 and args.export:
         cmd = "python -m fusion.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+        extra = {}
+        if model.kind == "adapted":
+            total = base_param_count(model)
+            extra = {"base": args.init, "adapter_params": {s: count_adapter_params(model, s) for s in SUBSETS},
+                     "adapter_share_percent": {s: round(100 * count_adapter_params(model, s) / total, 3)
+                                               for s in SUBSETS}}
+        if args.drop:
+            extra["trained_without"] = args.drop
         save_checkpoint(model, Path(args.export_dir) / args.export, {
             "name": args.export, "task": "rgbd_seg", "registry": args.model,
-            "method": "DynMM (fusion level)" if model.dynamic else "static SE-add fusion",
+            "method": METHOD_NAMES[model.kind] + (f", trained without {args.drop}" if args.drop else ""),
             "data": "NYU Depth V2 labelled subset (Silberman et al., ECCV 2012), 40-class labels of Gupta et al. "
                     "2013; class 39 (otherprop, merged with void in our copy) ignored",
             "licence": "NYU Depth V2 has no explicit licence: research and teaching use only; weights inherit "
@@ -212,7 +268,8 @@ def main(argv: list[str] | None = None) -> dict:
                          "hardware": "CPU" if device.type == "cpu" else torch.cuda.get_device_name()},
             "command": cmd,
             "params": sum(p.numel() for p in model.parameters()),
-        })
+            **extra,
+        }, tensors=adapter_state_dict(model) if model.kind == "adapted" else None)
     if log:
         log.close()
     if world > 1:

@@ -33,6 +33,9 @@ class SegmentationOutput:
     branch: torch.Tensor | None = None  # (B,) long, DynMM branch taken (k = depth fused into first k stages)
     flops: torch.Tensor | None = None  # (B,) FLOPs spent on each input, measured with FlopCounterMode
     notes: list[str] = field(default_factory=list)  # e.g. "depth absent: zero-filled"
+    tokens: Any = None  # sparse fusion: fusion.methods.sparse.SparseTrace (kept tokens, scores, counts)
+    solver: Any = None  # DEQ fusion: fusion.methods.deq.DEQTrace (residual per iteration, steps, convergence)
+    adapter: str | None = None  # adapted model: the adapter set that was switched on (None = base only)
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property

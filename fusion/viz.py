@@ -410,3 +410,117 @@ def compute_figure(rows: Sequence[dict]) -> go.Figure:
 
 def _fmt(v: float | None, nd: int) -> str:
     return "n/a" if v is None else f"{v:.{nd}f}"
+
+
+# --------------------------------------------------------------------------- sparse fusion: which tokens survive
+
+
+def token_overlay(image: np.ndarray, grid: tuple[int, int], scores: np.ndarray, kept: np.ndarray,
+                  windows: np.ndarray | None = None, *, dim: float = 0.25, alpha: float = 0.5) -> np.ndarray:
+    """Draw a modality's token grid over ``image`` (uint8 (H, W, 3)): each token cell tinted by its score
+    (turbo, normalised over the grid), cells whose token was dropped dimmed to ``dim``, the cell that
+    represents each kept or pooled token outlined in white. ``windows`` (window modes): every cell of a
+    window is pooled into one token, so nothing is dimmed; window borders are drawn in black instead.
+    ``scores`` (N,) and ``windows`` (N,) are over the ``grid`` (h, w) in row-major order; ``kept`` (M,)
+    indexes that grid."""
+    img = _as_rgb_u8(image).astype(np.float32)
+    H, W = img.shape[:2]
+    gh, gw = grid
+    s = np.asarray(scores, np.float32).reshape(gh, gw)
+    lo, hi = float(np.min(s)), float(np.max(s))
+    norm = (s - lo) / (hi - lo) if hi > lo else np.full_like(s, 0.5)
+    rows = np.minimum((np.arange(H) * gh) // H, gh - 1)  # grid row of every pixel row
+    cols = np.minimum((np.arange(W) * gw) // W, gw - 1)
+    cell = rows[:, None] * gw + cols[None, :]  # (H, W) token index of every pixel
+    kept = np.asarray(kept, np.int64).ravel()
+    heat = turbo(norm.ravel()[cell]).astype(np.float32)
+    out = (1 - alpha) * img + alpha * heat
+    if windows is None:
+        keep_mask = np.zeros(gh * gw, bool)
+        keep_mask[kept] = True
+        out = np.where(keep_mask[cell][..., None], out, img * dim)
+    else:
+        win = np.asarray(windows, np.int64).ravel()[cell]
+        border = np.zeros((H, W), bool)
+        border[1:, :] |= win[1:, :] != win[:-1, :]
+        border[:, 1:] |= win[:, 1:] != win[:, :-1]
+        out[border] = 0
+    edge = np.zeros((H, W), bool)  # outline the representative cells
+    is_kept = np.isin(cell, kept)
+    edge[1:, :] |= is_kept[1:, :] & (cell[1:, :] != cell[:-1, :])
+    edge[:-1, :] |= is_kept[:-1, :] & (cell[:-1, :] != cell[1:, :])
+    edge[:, 1:] |= is_kept[:, 1:] & (cell[:, 1:] != cell[:, :-1])
+    edge[:, :-1] |= is_kept[:, :-1] & (cell[:, :-1] != cell[:, 1:])
+    out[edge] = 255
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def token_cost_figure(rows: Sequence[dict]) -> go.Figure:
+    """Bars of tokens into cross-modal attention, fusion-stage GFLOPs and fusion-stage allocated MB for the
+    sparse and the dense variant. Each row: ``name``, ``tokens``, ``flops``, ``mbytes`` (None = unknown)."""
+    names = [str(r["name"]) for r in rows]
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("tokens into fusion", "fusion-stage GFLOPs",
+                                                        "fusion-stage MB allocated"))
+    colors = ["#e4572e", "#9aa5b1", "#5b8def", "#76b041"][: len(rows)]
+    for col, key, scale, nd in ((1, "tokens", 1.0, 0), (2, "flops", 1e-9, 3), (3, "mbytes", 1.0, 1)):
+        vals = [None if r.get(key) is None else float(r[key]) * scale for r in rows]
+        fig.add_trace(go.Bar(x=names, y=vals, marker_color=colors, text=[_fmt(v, nd) for v in vals],
+                             textposition="outside"), row=1, col=col)
+        top = max([v for v in vals if v is not None] or [1.0])
+        fig.update_yaxes(range=[0, top * 1.25 if top > 0 else 1.0], row=1, col=col)
+    fig.update_layout(height=300, showlegend=False, margin=dict(l=40, r=10, t=40, b=40))
+    return fig
+
+
+# --------------------------------------------------------------------------- DEQ: convergence
+
+
+def residual_figure(traces: Sequence[dict], *, tol: float | None = None) -> go.Figure:
+    """Solver residual per iteration on a log scale, one line per trace (``name``, ``residuals`` (n,),
+    ``nstep``); a marker where each solve stopped and a dashed line at the tolerance."""
+    fig = go.Figure()
+    palette = ["#e4572e", "#5b8def", "#76b041", "#8e6c8a"]
+    for i, t in enumerate(traces):
+        r = np.asarray(t["residuals"], np.float64)
+        n = int(t.get("nstep") or len(r))
+        its = np.arange(1, len(r) + 1)
+        color = palette[i % len(palette)]
+        fig.add_trace(go.Scatter(x=its[:n], y=np.maximum(r[:n], 1e-12), mode="lines+markers", name=str(t["name"]),
+                                 line=dict(color=color), hovertemplate="iteration %{x}: %{y:.2e}<extra></extra>"))
+        if 0 < n <= len(r):
+            fig.add_trace(go.Scatter(x=[n], y=[max(r[n - 1], 1e-12)], mode="markers", showlegend=False,
+                                     marker=dict(symbol="x", size=13, color=color),
+                                     hovertemplate=f"{t['name']}: stopped at iteration {n}<extra></extra>"))
+    if tol is not None:
+        fig.add_hline(y=tol, line_dash="dash", line_color="#333", annotation_text=f"tolerance {tol:g}")
+    fig.update_layout(yaxis=dict(type="log", title="residual"), xaxis=dict(title="solver iteration"),
+                      height=320, margin=dict(l=50, r=10, t=30, b=40), legend=dict(orientation="h", y=1.12))
+    return fig
+
+
+def settling_figure(iters: Sequence[int], changed_fraction: Sequence[float], residuals: Sequence[float] | None = None
+                    ) -> go.Figure:
+    """Share of pixels whose label at iteration t differs from the final prediction (does the segmentation
+    settle as the residual falls?)."""
+    fig = go.Figure(go.Scatter(x=list(iters), y=[100 * float(v) for v in changed_fraction], mode="lines+markers",
+                               name="pixels ≠ final", line=dict(color="#e4572e"),
+                               hovertemplate="iteration %{x}: %{y:.1f}% of pixels differ<extra></extra>"))
+    fig.update_layout(yaxis=dict(title="% pixels ≠ final label", rangemode="tozero"),
+                      xaxis=dict(title="solver iteration"), height=260, margin=dict(l=50, r=10, t=20, b=40))
+    return fig
+
+
+# --------------------------------------------------------------------------- adapters: robustness matrix
+
+
+def robustness_figure(methods: Sequence[str], subsets: Sequence[str], miou: Sequence[Sequence[float | None]]
+                      ) -> go.Figure:
+    """Heatmap of mIoU (%) per method (rows) and modality subset (columns); missing cells stay blank."""
+    z = [[None if v is None else float(v) for v in row] for row in miou]
+    text = [["" if v is None else f"{v:.1f}" for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(z=z, x=list(subsets), y=list(methods), text=text, texttemplate="%{text}",
+                               colorscale="Viridis", colorbar=dict(title="mIoU %"),
+                               hovertemplate="%{y} · %{x}: %{z:.2f}<extra></extra>"))
+    fig.update_layout(height=80 + 45 * len(methods), margin=dict(l=10, r=10, t=20, b=40),
+                      yaxis=dict(autorange="reversed"))
+    return fig

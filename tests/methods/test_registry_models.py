@@ -26,8 +26,8 @@ def model(request):
     return create(request.param, pretrained=False, num_classes=5)
 
 
-def test_registry_lists_both_rgbd_models():
-    assert {"static_rgbd", "dynmm_rgbd"} <= set(MODELS)
+def test_registry_lists_every_rgbd_method():
+    assert {"static_rgbd", "dynmm_rgbd", "sparse_rgbd", "deq_rgbd", "adapted_rgbd"} <= set(MODELS)
     with pytest.raises(FusionError, match="unknown model"):
         create("no_such_model")
 
@@ -47,15 +47,36 @@ def test_eval_forward_shapes_no_nan(model, b):
         assert out.branch.shape == (b,)
 
 
-def test_every_parameter_gets_a_gradient(model):
+def _nudge_zero_init(model) -> None:
+    """Sparse / DEQ blocks start as a no-op (zero output projection): make them non-zero so that the
+    gradient reaches every parameter behind them; adapters start as the identity (LoRA B = 0): likewise."""
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.requires_grad and torch.count_nonzero(p) == 0:
+                p.add_(torch.randn_like(p) * 1e-2)
+
+
+def test_every_trainable_parameter_gets_a_gradient(model):
     model.train()
-    out = model(_inputs(2), tau=0.5) if model.dynamic else model(_inputs(2))
-    loss = out.logits.square().mean()
-    if model.dynamic:
-        loss = loss + out.extras["branch_logits"].square().mean() + out.extras["resource_loss"]
-    loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    _nudge_zero_init(model)
+    if model.kind == "adapted":  # adapters: one subset at a time, only the adapters train
+        for present in ("rgb", "depth"):
+            out = model({present: _inputs(2)[present]})
+            out.logits.square().mean().backward()
+    else:
+        out = model(_inputs(2), tau=0.5) if model.dynamic else model(_inputs(2))
+        loss = out.logits.square().mean()
+        if model.kind == "sparse":  # the learned scorer only works in "topk" pooling
+            loss = loss + model(_inputs(2), pool="topk").logits.square().mean()
+        if model.dynamic:
+            loss = loss + out.extras["branch_logits"].square().mean() + out.extras["resource_loss"]
+        loss.backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing, missing
+    if model.kind == "adapted":
+        assert all(".base." not in n and not n.startswith("gate") for n, _ in trainable)
     model.zero_grad()
 
 
@@ -66,12 +87,27 @@ def test_missing_depth_is_flagged_not_silent(model):
     assert any("depth absent" in n for n in out.notes)
     if model.dynamic:
         assert out.branch.tolist() == [0]
+    if model.kind == "adapted":
+        assert out.adapter == "rgb"
+
+
+def test_missing_rgb_is_zero_filled_where_allowed_else_refused(model):
+    model.eval()
+    depth_only = {"depth": torch.rand(1, 1, *SIZE) * 4}
+    if model.kind in ("static", "adapted"):
+        out = model(depth_only)
+        assert out.present == ("depth",)
+        assert any("rgb absent" in n for n in out.notes)
+        assert torch.isfinite(out.logits).all()
+    else:
+        with pytest.raises(FusionError, match="needs an 'rgb'"):
+            model(depth_only)
 
 
 def test_bad_inputs_raise_clean_errors(model):
     model.eval()
     with pytest.raises(FusionError):
-        model({"depth": torch.rand(1, 1, *SIZE)})
+        model({})
     with pytest.raises(FusionError):
         model({"rgb": torch.rand(1, 3, *SIZE), "depth": torch.rand(1, 1, 32, 32)})
     with pytest.raises(FusionError):
@@ -115,6 +151,50 @@ def test_dynmm_batch_mixed_branches_match_single_inputs():
         one = m({k: v[i:i + 1] for k, v in x.items()})
         assert one.branch.item() == both.branch[i].item()
         assert torch.allclose(one.logits[0], both.logits[i], atol=1e-4)
+
+
+def test_adapted_model_equals_its_base_at_init_and_merges_exactly():
+    from fusion.methods.adapters import adapter_parameters, merge_adapters, unmerge_adapters
+
+    torch.manual_seed(0)
+    m = create("adapted_rgbd", pretrained=False, num_classes=5, adapter={"kind": "lora"}).eval()
+    x = {"rgb": _inputs(1)["rgb"]}
+    base = m(x, adapter=False).logits
+    assert torch.allclose(m(x).logits, base, atol=1e-6)  # identity at init (LoRA B = 0)
+    with torch.no_grad():
+        for p in adapter_parameters(m, "rgb"):
+            p.add_(torch.randn_like(p) * 0.5)
+    adapted = m(x).logits
+    assert not torch.allclose(adapted, base, atol=1e-4)
+    merge_adapters(m, "rgb")
+    assert torch.allclose(m(x).logits, adapted, atol=1e-4)
+    unmerge_adapters(m)
+    assert torch.allclose(m(x, adapter=False).logits, base, atol=1e-6)
+
+
+def test_sparse_pooling_cuts_tokens_and_fusion_flops():
+    torch.manual_seed(0)
+    m = create("sparse_rgbd", pretrained=False, num_classes=5).eval()
+    x = {"rgb": torch.rand(1, 3, 240, 320), "depth": torch.rand(1, 1, 240, 320) * 4}
+    dense = m(x, count_flops=True, pool="none")
+    sparse = m(x, count_flops=True)  # the shipped default: top-k by attention, keep ratio 0.1
+    assert dense.tokens.tokens_before == dense.tokens.tokens_after == 600  # 2 x 15 x 20 stride-16 tokens
+    assert sparse.tokens.tokens_after * 8 <= sparse.tokens.tokens_before
+    assert 0 < sparse.extras["fusion_flops"] < dense.extras["fusion_flops"]
+    assert float(sparse.flops[0]) < float(dense.flops[0])
+
+
+def test_deq_output_reports_convergence_and_iterates():
+    torch.manual_seed(0)
+    m = create("deq_rgbd", pretrained=False, num_classes=5).eval()
+    out = m(_inputs(1), keep_states_at=(1, 3), max_iter=20, tol=1e-3)
+    tr = out.solver
+    assert tr is not None and tr.residuals.shape[0] == 1
+    assert int(tr.nstep[0]) <= 20
+    assert set(out.extras["iter_logits"]) == {1, 3}
+    assert out.extras["iter_logits"][3].shape == out.logits.shape
+    if bool(tr.converged[0]):
+        assert float(tr.rel_residual[0]) < 1e-3
 
 
 def test_pretrained_encoder_loads_wheel_weights():
