@@ -10,6 +10,10 @@ import streamlit as st
 st.set_page_config(page_title="Fusion Explorer", page_icon=":material/merge_type:", layout="wide")
 
 home = st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)
-rgbd = st.Page("pages/rgbd.py", title="RGB-D segmentation", icon=":material/layers:", url_path="rgbd")
+rgbd = st.Page("pages/rgbd.py", title="RGB-D: static vs DynMM", icon=":material/layers:", url_path="rgbd")
+sparse = st.Page("pages/sparse.py", title="RGB-D: sparse token fusion", icon=":material/grid_on:", url_path="sparse")
+deq = st.Page("pages/deq.py", title="RGB-D: equilibrium fusion", icon=":material/all_inclusive:", url_path="deq")
+adapters = st.Page("pages/adapters.py", title="RGB-D: missing modalities", icon=":material/extension:",
+                   url_path="adapters")
 
-st.navigation({"Fusion Explorer": [home], "Tasks": [rgbd]}).run()
+st.navigation({"Fusion Explorer": [home], "RGB-D segmentation": [rgbd, sparse, deq, adapters]}).run()

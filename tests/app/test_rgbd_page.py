@@ -186,10 +186,12 @@ def test_rgbd_test_frame_with_ground_truth(app_cwd, monkeypatch):
 
 @pytest.fixture
 def clear_caches_after():
-    """Drop the page's cached models/results afterwards, so stand-in models never leak into other tests."""
-    yield
+    """Drop the cached models/results before and after, so real and stand-in models never mix across tests."""
     import streamlit as st
 
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
     st.cache_resource.clear()
     st.cache_data.clear()
 

@@ -1,0 +1,328 @@
+"""Shared pieces of the RGB-D pages: the input (upload or NYUv2 test frame), cached decoding and drawing
+helpers, model loading. Every function that draws widgets takes the page's key prefix, so each page keeps
+its own widget state.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import streamlit as st
+
+from fusion import inference, viz
+from fusion.data import nyuv2, upload
+from fusion.types import FusionError
+
+TASK = "rgbd_seg"
+WORK_SIDE = 640  # longer side above which inputs are shrunk (the models run at 240x320 anyway)
+UNIT_LABELS = {
+    "auto": "auto-detect",
+    "u8_nyu": "8-bit PNG, NYUv2 (m × 25.5)",
+    "mm16": "16-bit PNG, millimetres",
+    "sunrgbd": "16-bit PNG, SUN RGB-D",
+    "m_npy": ".npy, metres",
+    "mm_npy": ".npy, millimetres",
+}
+RGB_TYPES = ["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"]
+DEPTH_TYPES = ["png", "tif", "tiff", "npy"]
+
+
+# --------------------------------------------------------------------------- models (cache_resource)
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def load_model(name: str, trained: bool) -> tuple[Any, dict]:
+    """A shipped checkpoint, or (``trained=False``, no checkpoint yet) a randomly initialised registry model."""
+    if trained:
+        model, card = inference.load_checkpoint(name)
+    else:
+        import torch
+
+        from fusion.registry import create
+
+        torch.manual_seed(0)  # the same stand-in on every load
+        model, card = create(name, pretrained=False), {"name": name, "title": f"{name} (untrained)"}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, card
+
+
+def checkpoint_or_untrained(registry: str, what: str) -> list[tuple[str, bool]]:
+    """[(name, trained)] of the shipped checkpoints of ``registry``, or the untrained registry model with a
+    note on the page saying so."""
+    cards = [c for c in inference.list_checkpoints(TASK) if c.get("registry") == registry]
+    if cards:
+        return [(c["name"], True) for c in cards]
+    st.info(f"No trained {what} checkpoint in `assets/checkpoints/` yet: showing a **randomly initialised** "
+            "model so you can see the mechanics — its predictions mean nothing.")
+    return [(registry, False)]
+
+
+class Run(dict):
+    """What a page keeps of one forward (no logits), as a dict so st.cache_data can pickle it."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+def _np(t: Any) -> Any:
+    return None if t is None else t.detach().cpu().numpy()
+
+
+@st.cache_data(show_spinner=False, max_entries=48)
+def _segment(_model: Any, model_key: str, rgb: np.ndarray, depth: np.ndarray | None, drop_rgb: bool,
+             opts: tuple) -> dict:
+    res = inference.segment(_model, rgb, depth, count_flops=True, drop_rgb=drop_rgb, **dict(opts))
+    run = dict(labels=np.asarray(res.labels).astype(np.int64), num_classes=int(res.out.logits.shape[1]),
+               flops=res.flops, ms=res.ms, branch=res.branch, gate_probs=res.gate_probs, present=tuple(res.present),
+               notes=[str(n) for n in res.notes], fusion_flops=res.fusion_flops, fusion_bytes=res.fusion_bytes, adapter=res.out.adapter,
+               iter_labels={int(t): v.astype(np.int64) for t, v in res.iter_labels.items()}, tokens=None, solver=None)
+    tk = res.out.tokens
+    if tk is not None:  # first (only) sample of the batch, as NumPy
+        run["tokens"] = dict(
+            grid={m: tuple(g) for m, g in tk.grid.items()}, kept={m: _np(v)[0] for m, v in tk.kept.items()},
+            scores={m: _np(v)[0] for m, v in tk.scores.items()}, weights={m: _np(v)[0] for m, v in tk.weights.items()},
+            windows={m: None if v is None else _np(v)[0] for m, v in tk.windows.items()},
+            before=int(tk.tokens_before), after=int(tk.tokens_after), pool=tk.pool, keep_ratio=float(tk.keep_ratio),
+            window=tk.window)
+    sv = res.out.solver
+    if sv is not None:
+        run["solver"] = dict(residuals=_np(sv.residuals)[0].astype(float), nstep=int(sv.nstep[0]),
+                             converged=bool(sv.converged[0]), rel=float(sv.rel_residual[0]),
+                             abs=float(sv.abs_residual[0]), solver=sv.solver, tol=float(sv.tol),
+                             max_iter=int(sv.max_iter), stop_mode=sv.stop_mode)
+    return run
+
+
+def segment(name: str, trained: bool, rgb: np.ndarray, depth: np.ndarray | None, *, drop_rgb: bool = False,
+            **opts) -> Run:
+    """Segment one frame with one model (cached per model, input and options). ``opts``: the model's
+    per-call settings (pool / keep_ratio; solver / max_iter / tol / keep_states_at; adapter)."""
+    model, _card = load_model(name, trained)
+    return Run(_segment(model, f"{name}:{trained}", rgb, depth, drop_rgb, tuple(sorted(opts.items()))))
+
+
+# --------------------------------------------------------------------------- pure transforms (cache_data)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def decode_rgb(data: bytes) -> np.ndarray:
+    return upload.decode_rgb(data)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def decode_depth(data: bytes, filename: str, units: str) -> tuple[np.ndarray, dict]:
+    depth, info = upload.decode_depth(data, filename, units=units)
+    return depth, {k: getattr(info, k) for k in ("units", "detected", "hole_fraction", "min_m", "max_m", "notes")}
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def prepare(rgb: np.ndarray, depth: np.ndarray | None, label40: np.ndarray | None):
+    """Match depth to the RGB frame and shrink large inputs to the working size; returns arrays + notes."""
+    notes = []
+    if depth is not None:
+        depth, note = upload.match_depth_to_rgb(depth, rgb.shape)
+        if note:
+            notes.append(note)
+    if max(rgb.shape[:2]) > WORK_SIDE:
+        h, w = rgb.shape[:2]
+        rgb = viz.fit_within(rgb, WORK_SIDE)
+        depth = None if depth is None else viz.fit_within(depth, WORK_SIDE)
+        label40 = None if label40 is None else viz.fit_within(label40, WORK_SIDE)
+        notes.append(f"image shrunk from {w}×{h} to {rgb.shape[1]}×{rgb.shape[0]} for display and the models")
+    writable = [None if a is None else np.require(a, requirements=["C", "W"]) for a in (rgb, depth, label40)]
+    return (*writable, notes)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def depth_picture(depth: np.ndarray) -> tuple[np.ndarray, float, float, float]:
+    lo, hi = viz.depth_range(depth)
+    holes = float(np.mean(depth <= 0))
+    return viz.depth_to_rgb(depth, vmin=lo, vmax=hi), lo, hi, holes
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def overlay(rgb: np.ndarray, labels: np.ndarray, alpha: float) -> np.ndarray:
+    return viz.overlay(rgb, labels, alpha)
+
+
+@st.cache_data(show_spinner=False)
+def test_split(root: str) -> list[int]:
+    return nyuv2.read_split(root, "test")
+
+
+@st.cache_data(show_spinner="Reading frame…", max_entries=16)
+def test_frame(root: str, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return nyuv2.load_frame(root, i)
+
+
+def class_names(n: int) -> list[str]:
+    """Names of a model's ``n`` output classes (39: the 40-class set without otherprop; 13)."""
+    for full in (40, 13):
+        if nyuv2.num_train_classes(full) == n:
+            return nyuv2.class_names(full)
+    return [f"class {i}" for i in range(n)]
+
+
+def gt_targets(label40: np.ndarray, n: int) -> np.ndarray | None:
+    """Stored 40-class labels in the model's label space (255 = ignored); None for an unknown label set."""
+    for full in (40, 13):
+        if nyuv2.num_train_classes(full) == n:
+            return nyuv2.label_lut(full)[label40]
+    return None
+
+
+# --------------------------------------------------------------------------- widgets
+
+
+def data_root(text: str) -> tuple[Path | None, str]:
+    """The NYUv2 folder to offer test frames from, and a line saying where it is or why there is none."""
+    text = text.strip()
+    try:
+        root = nyuv2.find_root(text or None)
+    except FusionError as e:
+        return None, f"No data set: {e}"
+    if root is None:
+        return None, "NYUv2 not found (set a folder above or $FUSION_NYUV2) — uploads only."
+    return root, f"Data set: `{root}`"
+
+
+def sidebar(prefix: str) -> dict:
+    sb = st.sidebar
+    sb.header("Input")
+    path = sb.text_input(
+        "NYUv2 folder", value=os.environ.get("FUSION_NYUV2", ""), key=f"{prefix}_data_path",
+        placeholder="../shared/data/nyuv2",
+        help="A folder with images/, depths/, labels40/ and test.txt. Empty: $FUSION_NYUV2, else "
+             "../shared/data/nyuv2 next to the project. Convert the official .mat with "
+             "`python -m fusion.data.nyuv2 convert`.",
+    )
+    root, where = data_root(path)
+    sources = ["Upload", "NYUv2 test frame"] if root else ["Upload"]
+    source = sb.radio("Source", sources, key=f"{prefix}_source", horizontal=True)
+    sb.caption(where)
+    sb.header("Display")
+    alpha = sb.slider("Overlay opacity", 0.0, 1.0, 0.55, 0.05, key=f"{prefix}_alpha",
+                      help="Weight of the class colours over the photo.")
+    return {"root": root, "source": source, "alpha": alpha, "prefix": prefix}
+
+
+@dataclass
+class Frame:
+    rgb: np.ndarray
+    depth: np.ndarray | None
+    label40: np.ndarray | None
+    title: str
+    notes: list[str]
+
+
+def read_input(opts: dict) -> Frame | None:
+    """The frame to segment, from the NYUv2 test split or the upload widgets (None = nothing yet)."""
+    prefix = opts["prefix"]
+    if opts["source"] == "NYUv2 test frame":
+        root = str(opts["root"])
+        ids = test_split(root)
+        i = st.selectbox("Test frame", ids, index=0, key=f"{prefix}_frame", format_func=lambda i: f"frame {i}",
+                         help=f"The {len(ids)} frames of the official NYUv2 test split (0-based ids).")
+        rgb, depth, label40 = test_frame(root, int(i))
+        return Frame(rgb, depth, label40, f"NYUv2 test frame {i}", [])
+
+    c1, c2, c3 = st.columns([2, 2, 1.3])
+    f_rgb = c1.file_uploader("RGB image", type=RGB_TYPES, key=f"{prefix}_rgb_file")
+    f_depth = c2.file_uploader("Depth map (optional)", type=DEPTH_TYPES, key=f"{prefix}_depth_file",
+                               help="Same scene and camera as the photo. Holes (0) stay holes.")
+    units = c3.selectbox(
+        "Depth units", list(upload.DEPTH_UNITS), format_func=lambda u: UNIT_LABELS.get(u, u),
+        key=f"{prefix}_depth_units",
+        help="\n".join(f"- **{UNIT_LABELS.get(u, u)}**: {h}" for u, h in upload.DEPTH_UNITS_HELP.items()),
+    )
+    if f_rgb is None:
+        st.info("Upload an RGB image (and, ideally, its depth map) to segment it"
+                + (", or pick “NYUv2 test frame” in the sidebar." if opts["root"] else "."))
+        return None
+    rgb = decode_rgb(f_rgb.getvalue())
+    depth, notes = None, []
+    if f_depth is not None:
+        depth, info = decode_depth(f_depth.getvalue(), f_depth.name, units)
+        notes.append(depth_info_text(info))
+    return Frame(rgb, depth, None, f_rgb.name, notes)
+
+
+def depth_info_text(info: dict) -> str:
+    how = "auto-detected" if info["detected"] else "as chosen"
+    text = (f"Depth read as **{UNIT_LABELS.get(info['units'], info['units'])}** ({how}): "
+            f"{info['min_m']:.2f}–{info['max_m']:.2f} m, {info['hole_fraction'] * 100:.1f}% holes.")
+    extra = [str(n) for n in info["notes"] if not str(n).startswith("auto-detected")]
+    return text + (" " + "; ".join(extra) if extra else "")
+
+
+def show_input(frame: Frame, rgb: np.ndarray, depth: np.ndarray | None, notes: list[str], no_depth_text: str) -> None:
+    """The input row: photo, depth picture, notes."""
+    st.subheader(f"Input · {frame.title}")
+    c_rgb, c_depth, c_notes = st.columns(3)
+    c_rgb.image(rgb, caption=f"RGB {rgb.shape[1]}×{rgb.shape[0]}", width="stretch")
+    if depth is not None:
+        pic, lo, hi, holes = depth_picture(depth)
+        c_depth.image(pic, width="stretch",
+                      caption=f"depth: blue {lo:.1f} m → red {hi:.1f} m; black = no reading ({holes * 100:.1f}%)")
+    else:
+        c_depth.info(no_depth_text)
+    with c_notes:
+        for n in notes:
+            st.markdown(n)
+
+
+def card_summary(card: dict) -> dict:
+    """The card without bulky fields (per-class IoU, full config)."""
+    out = {k: v for k, v in card.items() if k not in ("config",)}
+    if isinstance(out.get("metrics"), dict):
+        out["metrics"] = {k: v for k, v in out["metrics"].items() if k != "per_class_iou"}
+    return out
+
+
+def show_cards(items: list[tuple[str, str]]) -> None:
+    """An expander with the model cards of [(title, checkpoint name)]."""
+    with st.expander("Model cards (data, licence, test-set scores, how to reproduce)"):
+        for title, name in items:
+            card = load_model(name, True)[1]
+            st.markdown(f"**{title}** — `{name}`")
+            st.json(card_summary(card), expanded=False)
+
+
+# --------------------------------------------------------------------------- drawing helpers
+
+
+def metrics_line(pred: np.ndarray, gt: np.ndarray | None, n: int) -> str | None:
+    if gt is None:
+        return None
+    m = viz.frame_metrics(pred, gt, n)
+    if not np.isfinite(m["pixel_acc"]):
+        return "no labelled pixels in this frame"
+    return (f"pixel acc **{m['pixel_acc'] * 100:.1f}%** · mIoU **{m['miou'] * 100:.1f}%** "
+            f"(this frame, {m['n_classes']} classes)")
+
+
+def draw_legend(label_maps: list[np.ndarray], names: list[str]) -> None:
+    """Colour chips for the classes present (≥ 0.1% of the pixels) in any of the shown maps."""
+    present = np.concatenate([np.asarray(m).ravel() for m in label_maps])
+    entries = viz.legend_entries(present, names, min_fraction=0.001)
+    st.markdown(viz.legend_html(entries, show_fraction=False), unsafe_allow_html=True)
+
+
+def run_page(main) -> None:
+    """Run a page's ``main`` with clean errors: a message, never a traceback."""
+    try:
+        main()
+    except FusionError as e:
+        st.error(str(e))
+    except Exception as e:  # last resort: a message, never a traceback
+        st.error("Something went wrong while processing this input. Try another file, or report the details below.")
+        with st.expander("Details"):
+            st.code(f"{type(e).__name__}: {e}")

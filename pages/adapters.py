@@ -1,0 +1,135 @@
+"""Missing-modality page (Reza et al.): switch RGB or depth off and compare the frozen static model with
+the same model plus the tiny adapter set trained for that missing subset (LoRA, SSF or BitFit), and a model
+trained on the remaining modality alone; the subset x method robustness matrix from the evaluation.
+
+Thin: widgets -> ``fusion`` -> drawing. Widget keys start with ``miss_``.
+"""
+from __future__ import annotations
+
+import streamlit as st
+
+from pages._nav import ensure_navigation_mode
+from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, draw_legend, gt_targets, metrics_line,
+                               overlay, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
+
+from fusion import inference, viz
+
+ensure_navigation_mode()
+
+KIND_HELP = {"lora": "LoRA: low-rank update of convolutions", "ssf": "SSF: per-channel scale and shift",
+             "bitfit": "BitFit: bias terms only"}
+
+
+def robustness_matrix(adapter_cards: list[dict], dedicated: list[dict]) -> tuple[list[str], list[list]]:
+    """Rows (labels) and mIoU cells [RGB + depth, RGB only, depth only] from the cards' evaluation metrics."""
+    rows, cells = [], []
+    base = next((c["metrics"]["base_no_adapter"] for c in adapter_cards
+                 if "base_no_adapter" in c.get("metrics", {})), None)
+    if base:
+        rows.append("static, no adapter")
+        cells.append([base.get("both"), base.get("rgb"), base.get("depth")])
+    for c in adapter_cards:
+        m = c.get("metrics", {})
+        if "rgb_only" in m or "depth_only" in m:
+            rows.append(f"+ {c['config']['adapter']['kind']} adapters")
+            cells.append([None, m.get("rgb_only", {}).get("miou"), m.get("depth_only", {}).get("miou")])
+    for c in dedicated:
+        m = c.get("metrics", {})
+        sub = {"depth": "rgb", "rgb": "depth"}[c["trained_without"]]
+        if f"{sub}_only" in m:
+            rows.append(f"dedicated {sub}-only model")
+            cells.append([None, m["rgb_only"]["miou"] if sub == "rgb" else None,
+                          m["depth_only"]["miou"] if sub == "depth" else None])
+    return rows, cells
+
+
+def main() -> None:
+    st.title("Missing modalities: adapters")
+    st.caption(
+        "After Reza, Prater-Bennette & Asif, *Robust Multimodal Learning with Missing Modalities via "
+        "Parameter-Efficient Adaptation* (2023). The trained static RGB-D model stays **frozen**; for each "
+        "missing subset a tiny adapter set (well under 0.5% of its parameters) was trained with that modality "
+        "zero-filled. Switch a modality off and the matching adapters switch on.")
+    opts = sidebar("miss")
+    sb = st.sidebar
+    sb.header("Modalities")
+    use_rgb = sb.toggle("RGB", value=True, key="miss_use_rgb")
+    use_depth = sb.toggle("Depth", value=True, key="miss_use_depth")
+    cards = inference.list_checkpoints(TASK)
+    adapters = [c for c in cards if c.get("registry") == "adapted_rgbd"]
+    dedicated = [c for c in cards if c.get("trained_without")]
+    if adapters:
+        by_kind = {c["config"]["adapter"]["kind"]: c for c in adapters}
+        kind = sb.selectbox("Adapter kind", list(by_kind), key="miss_kind", format_func=lambda k: KIND_HELP.get(k, k))
+        a_name, a_trained = by_kind[kind]["name"], True
+    else:
+        a_name, a_trained = checkpoint_or_untrained("adapted_rgbd", "adapter")[0]
+    frame = read_input(opts)
+    if frame is None:
+        return
+    rgb, depth, label40, notes = prepare(frame.rgb, frame.depth, frame.label40)
+    show_input(frame, rgb, depth, frame.notes + notes, "No depth map: only the RGB-only case can run.")
+    if not use_rgb and not use_depth:
+        st.warning("Switch at least one modality on.")
+        return
+    if not use_rgb and depth is None:
+        st.warning("There is no depth map to run on: upload one, or switch RGB back on.")
+        return
+    d_in = depth if use_depth else None
+    present = [m for m, on in (("RGB", use_rgb), ("depth", use_depth and depth is not None)) if on]
+    subset = "+".join(present)
+    with st.spinner("Running the base and the adapted model…"):
+        full = segment(a_name, a_trained, rgb, depth, adapter=False) if depth is not None else None
+        base = segment(a_name, a_trained, rgb, d_in, drop_rgb=not use_rgb, adapter=False)
+        adapted = segment(a_name, a_trained, rgb, d_in, drop_rgb=not use_rgb)
+        ded_card = next((c for c in dedicated if c["trained_without"] == ("depth" if d_in is None else "rgb")), None)
+        ded = (segment(ded_card["name"], True, rgb, d_in, drop_rgb=not use_rgb)
+               if ded_card is not None and len(present) == 1 else None)
+    n_cls = adapted.num_classes
+    gt = None if label40 is None else gt_targets(label40, n_cls)
+    st.subheader(f"Prediction with {subset} only" if len(present) == 1 else "Prediction with both modalities")
+    shown = [("frozen static, no adapter", base)]
+    if len(present) == 1:
+        shown.append((f"+ {adapted.adapter or '-'} adapters", adapted))
+        if ded is not None:
+            shown.append((f"dedicated {subset}-only model", ded))
+    if full is not None and len(present) == 1:
+        shown.append(("reference: RGB + depth", full))
+    cols = st.columns(len(shown) + (1 if gt is not None else 0))
+    for col, (title, r) in zip(cols, shown):
+        with col:
+            st.markdown(f"**{title}**")
+            st.image(overlay(rgb, r.labels, opts["alpha"]), width="stretch")
+            line = metrics_line(r.labels, gt, n_cls)
+            if line:
+                st.markdown(line)
+            for note in r.notes:
+                st.caption(note)
+    if gt is not None:
+        with cols[-1]:
+            st.markdown("**Ground truth**")
+            st.image(overlay(rgb, gt, opts["alpha"]), width="stretch")
+    draw_legend([r.labels for _, r in shown] + ([gt] if gt is not None else []), class_names(n_cls))
+    if len(present) == 1:
+        ch = viz.changed_mask(base.labels, adapted.labels)
+        st.caption(f"The adapters change {ch.mean() * 100:.1f}% of the pixels' labels relative to the frozen model.")
+    else:
+        st.info("Both modalities are on: no adapter is used (the adapted model *is* the static model). Switch one "
+                "off in the sidebar.")
+
+    st.subheader("Robustness matrix (NYUv2 test split)")
+    rows, cells = robustness_matrix(adapters, dedicated)
+    if rows:
+        st.plotly_chart(viz.robustness_figure(rows, ["RGB + depth", "RGB only", "depth only"], cells),
+                        key="miss_matrix_chart", width="stretch")
+        shares = {c["config"]["adapter"]["kind"]: c.get("adapter_share_percent") for c in adapters}
+        st.caption("mIoU (%) over 39 classes from `python -m fusion.evaluate --robustness`. Adapter share of the "
+                   "model's parameters per subset: " + "; ".join(
+                       f"{k}: " + ", ".join(f"{s} {v:.2f}%" for s, v in (p or {}).items()) for k, p in shares.items()))
+    else:
+        st.info("No evaluated adapter checkpoints yet: run `python -m fusion.evaluate --robustness ...`.")
+    if a_trained:
+        show_cards([(f"{kind} adapters" if adapters else "adapters", a_name)])
+
+
+run_page(main)

@@ -1,0 +1,131 @@
+"""AppTest (headless) for the sparse-fusion, DEQ and missing-modality pages: each runs with no data, with an
+upload, with its controls moved, and (when the shared NYUv2 copy is there) on a test frame.
+
+Models are the shipped checkpoints, or the untrained registry models when none is shipped (the page says
+so): these tests check wiring and traces, not accuracy.
+"""
+from __future__ import annotations
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from app_helpers import ROOT, SHARED_NYUV2, png_bytes, shared_data_present, synthetic_rgbd
+
+TIMEOUT = 180
+
+
+def _texts(at: AppTest) -> str:
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
+    parts += [e.value for e in at.info] + [e.value for e in at.warning] + [e.value for e in at.error]
+    parts += [f"{m.label} {m.value} {m.delta}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def _assert_clean(at: AppTest) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error] + [c.value for c in at.code]
+
+
+def _page(path: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
+    at.run()
+    at.switch_page(path)
+    at.run()
+    return at
+
+
+def _upload(at: AppTest, prefix: str, depth: bool = True, seed: int = 0) -> AppTest:
+    rgb, depth8 = synthetic_rgbd(seed=seed)
+    ups = {u.key: u for u in at.file_uploader}
+    ups[f"{prefix}_rgb_file"].set_value(("scene.png", png_bytes(rgb), "image/png"))
+    if depth:
+        ups[f"{prefix}_depth_file"].set_value(("depth.png", png_bytes(depth8), "image/png"))
+    at.run()
+    return at
+
+
+@pytest.mark.parametrize("path,prefix", [("pages/sparse.py", "sft"), ("pages/deq.py", "deq"),
+                                         ("pages/adapters.py", "miss")])
+def test_page_without_data_asks_for_an_upload(app_cwd, no_data_env, path, prefix):
+    at = _page(path)
+    _assert_clean(at)
+    assert "Upload an RGB image" in _texts(at)
+    assert {u.key for u in at.file_uploader} >= {f"{prefix}_rgb_file", f"{prefix}_depth_file"}
+
+
+def test_sparse_page_shows_kept_tokens_and_reruns_on_controls(app_cwd, no_data_env):
+    at = _upload(_page("pages/sparse.py"), "sft")
+    _assert_clean(at)
+    text = _texts(at)
+    assert "Which tokens survive" in text
+    # 96x128 upload -> 240x320 model input -> 2 x (15 x 20) stride-16 tokens -> 2 x 30 kept (ratio 1/10)
+    assert "tokens into fusion 60 10.0× fewer" in text
+    assert "fewer FLOPs" in text
+    assert len(at.get("image")) >= 6  # rgb, depth, 2 token maps, sparse, dense, difference
+    at.selectbox(key="sft_pool").set_value("max").run()
+    _assert_clean(at)
+    assert "sparse · max" in _texts(at) and "tokens into fusion 50" in _texts(at)  # 3x4 windows: 5x5 per modality
+    at.select_slider(key="sft_keep").set_value("1/4").run()
+    at.selectbox(key="sft_pool").set_value("topk_attn").run()
+    _assert_clean(at)
+    assert "topk_attn" in _texts(at)
+    at.toggle(key="sft_remove_depth").set_value(True).run()
+    _assert_clean(at)
+    assert "only RGB tokens go into the fusion layer" in _texts(at)
+
+
+def test_deq_page_shows_convergence_and_resolves_live(app_cwd, no_data_env):
+    at = _upload(_page("pages/deq.py"), "deq")
+    _assert_clean(at)
+    text = _texts(at)
+    assert "Convergence on this input" in text
+    assert "RGB + depth" in text and "depth removed" in text
+    assert "final relative residual" in text
+    charts = at.get("plotly_chart")
+    assert len(charts) >= 2  # residual curve + settling curve
+    at.selectbox(key="deq_solver").set_value("fixed_point").run()
+    at.slider(key="deq_max_iter").set_value(4).run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "fixed_point" in text
+    assert "after **4** iteration(s)" in text or "converged after" in text
+    its = at.select_slider(key="deq_iter")
+    its.set_value(its.options[0]).run()
+    _assert_clean(at)
+    assert "iteration 1" in _texts(at)
+
+
+def test_adapters_page_switches_modalities(app_cwd, no_data_env):
+    at = _upload(_page("pages/adapters.py"), "miss")
+    _assert_clean(at)
+    assert "Both modalities are on" in _texts(at)
+    at.toggle(key="miss_use_depth").set_value(False).run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "Prediction with RGB only" in text and "adapters" in text
+    at.toggle(key="miss_use_depth").set_value(True).run()
+    at.toggle(key="miss_use_rgb").set_value(False).run()
+    _assert_clean(at)
+    assert "Prediction with depth only" in _texts(at)
+    at.toggle(key="miss_use_depth").set_value(False).run()
+    _assert_clean(at)
+    assert "Switch at least one modality on" in _texts(at)
+
+
+def test_adapters_page_depth_only_without_depth_map_is_explained(app_cwd, no_data_env):
+    at = _upload(_page("pages/adapters.py"), "miss", depth=False)
+    at.toggle(key="miss_use_rgb").set_value(False).run()
+    _assert_clean(at)
+    assert "no depth map to run on" in _texts(at)
+
+
+@pytest.mark.skipif(not shared_data_present(), reason=f"NYUv2 shared copy not found at {SHARED_NYUV2}")
+@pytest.mark.parametrize("path,prefix", [("pages/sparse.py", "sft"), ("pages/deq.py", "deq"),
+                                         ("pages/adapters.py", "miss")])
+def test_page_on_a_test_frame(app_cwd, monkeypatch, path, prefix):
+    monkeypatch.setenv("FUSION_NYUV2", str(SHARED_NYUV2))
+    at = _page(path)
+    at.radio(key=f"{prefix}_source").set_value("NYUv2 test frame").run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "NYUv2 test frame" in text and "pixel acc" in text
