@@ -118,7 +118,8 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         kw["adapter"] = {"kind": args.adapter_kind, "rank": args.adapter_rank}
     model = create(args.model, **kw)
     if args.init:
-        src, _ = load_checkpoint(args.init)
+        src, src_card = load_checkpoint(args.init)
+        args.init_name = src_card["name"]  # adapters name their base by its card name, stored next to them
         got = load_matching(model, src.state_dict())
         new_modules = sorted({k.split(".")[0] + "." + k.split(".")[1] for k in got["new"] if k != "branch_cost"})
         print(f"--init {args.init}: {len(got['loaded'])} tensors loaded; learnt from scratch: "
@@ -248,7 +249,7 @@ def main(argv: list[str] | None = None) -> dict:
         extra = {}
         if model.kind == "adapted":
             total = base_param_count(model)
-            extra = {"base": args.init, "adapter_params": {s: count_adapter_params(model, s) for s in SUBSETS},
+            extra = {"base": args.init_name, "adapter_params": {s: count_adapter_params(model, s) for s in SUBSETS},
                      "adapter_share_percent": {s: round(100 * count_adapter_params(model, s) / total, 3)
                                                for s in SUBSETS}}
         if args.drop:

@@ -12,28 +12,27 @@ st.title("Fusion Explorer")
 st.markdown(
     """
 See inside **multimodal fusion models**: give them inputs, switch a modality off, and look at *why*
-each model did what it did — gate decisions, compute actually spent, what changes without a modality.
+each model did what it did — gate decisions, which tokens survive, how a fixed point is reached, what
+tiny adapters recover, and the compute actually spent.
 
-The project covers four fusion methods from the literature, plus static baselines, on two tasks:
-
-| method | idea | status |
+| method | idea | what the page shows |
 |---|---|---|
-| **DynMM** — dynamic multimodal fusion (Xue & Marculescu, CVPR 2023) | a small gate picks, per input, how much of the second modality to use; skipped branches are never run | **shipped** (RGB-D) |
-| Sparse fusion transformers (Ding et al., 2021) | keep and pool only the informative tokens of each modality before fusing | planned |
-| Deep-equilibrium fusion (Ni et al., 2023) | fuse by solving for a fixed point; shows the solver's convergence | planned |
-| Missing-modality adapters (Reza et al., 2023) | LoRA / scale-shift / BitFit adapters keyed by which modalities are present | planned |
+| **DynMM** — dynamic multimodal fusion (Xue & Marculescu, 2023) | a small gate picks, per input, how much of the second modality to use; skipped branches are never run | the gate's decision and the FLOPs / ms it really saved |
+| **Sparse fusion** (Ding et al., 2021) | each modality's tokens are pooled to a few before cross-modal attention | which tokens survive, live pooling controls, the fusion stage's cost vs dense |
+| **Deep-equilibrium fusion** (Ni et al., 2023) | fusion as the fixed point of a recursive block, found by a solver | the residual per solver step, live solver controls, the prediction as it settles |
+| **Missing-modality adapters** (Reza et al., 2023) | tiny LoRA / scale-shift / BitFit adapters per missing subset on a frozen model | modality toggles, frozen vs adapted prediction, the robustness matrix |
 
 | task | data | status |
 |---|---|---|
-| **RGB-D semantic segmentation** | NYU Depth V2 (indoor scenes, 40-class set) | **shipped**: static fusion baseline + DynMM |
-| Video–text–audio emotion clips | emotion corpora | planned |
-
-**Shipped so far:** the RGB-D segmentation page with the static-fusion baseline and DynMM.
-The other methods and the emotion task are not in the app yet.
+| **RGB-D semantic segmentation** | NYU Depth V2 (indoor scenes, 40-class set) | **all four methods** plus a static-fusion baseline |
+| Video–text–audio emotion clips | FER2013 faces, RAVDESS speech, MELD text (paired by label) | planned |
 """
 )
 
-st.page_link("pages/rgbd.py", label="Open the RGB-D segmentation page →", icon=":material/layers:")
+st.page_link("pages/rgbd.py", label="Static fusion vs DynMM →", icon=":material/layers:")
+st.page_link("pages/sparse.py", label="Sparse token fusion →", icon=":material/grid_on:")
+st.page_link("pages/deq.py", label="Deep-equilibrium fusion →", icon=":material/all_inclusive:")
+st.page_link("pages/adapters.py", label="Missing modalities: adapters →", icon=":material/extension:")
 
 st.caption(
     "Compute is measured on the path that actually ran (FLOPs with torch's FlopCounterMode, wall time "

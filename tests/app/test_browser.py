@@ -89,7 +89,7 @@ def test_upload_and_see_gate_decision(server, tmp_path):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 2400})
-            page.set_default_timeout(WAIT_MS)
+            page.set_default_timeout(int(os.environ.get("BROWSER_WAIT_MS", WAIT_MS)))
             page.goto(server + "/rgbd", wait_until="domcontentloaded")
             page.get_by_text("RGB-D segmentation: static fusion vs DynMM").wait_for()
 
@@ -113,3 +113,73 @@ def test_upload_and_see_gate_decision(server, tmp_path):
         finally:
             browser.close()
     assert (tmp_path / "rgbd.png").stat().st_size > 10_000
+
+
+def _open_with_upload(browser, url: str, tmp_path, title: str):
+    """Open a page, upload the synthetic RGB-D pair (depth first, then RGB), return the page."""
+    rgb, depth8 = synthetic_rgbd(h=120, w=160, seed=3)
+    rgb_path, depth_path = tmp_path / "scene.png", tmp_path / "depth.png"
+    rgb_path.write_bytes(png_bytes(rgb))
+    depth_path.write_bytes(png_bytes(depth8))
+    page = browser.new_page(viewport={"width": 1400, "height": 2600})
+    page.set_default_timeout(int(os.environ.get("BROWSER_WAIT_MS", WAIT_MS)))
+    page.goto(url, wait_until="domcontentloaded")
+    try:
+        page.get_by_text(title).first.wait_for()
+        uploaders = page.locator('[data-testid="stFileUploader"]')
+        uploaders.filter(has_text="Depth map").locator('input[type="file"]').set_input_files(str(depth_path))
+        page.get_by_text("Upload an RGB image").first.wait_for()
+        uploaders.filter(has_text="RGB image").locator('input[type="file"]').set_input_files(str(rgb_path))
+        page.get_by_text("Depth read as").first.wait_for()
+    except Exception:
+        page.screenshot(path=str(tmp_path / "failed_upload.png"), full_page=True)
+        raise
+    return page
+
+
+def _choose(page, label: str, option: str) -> None:
+    """Pick ``option`` in the sidebar selectbox labelled ``label``."""
+    page.locator('[data-testid="stSelectbox"]').filter(has_text=label).first.click()
+    page.get_by_role("option", name=re.compile(re.escape(option))).first.click()
+
+
+def _no_errors(page) -> None:
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+
+
+def test_method_views_and_their_controls(server, tmp_path):
+    """Sparse fusion: change the pooling mode; DEQ: change the solver; adapters: switch depth off."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = _open_with_upload(browser, server + "/sparse", tmp_path, "Sparse token fusion")
+            page.get_by_text("Which tokens survive").first.wait_for()
+            page.get_by_text("sparse · topk_attn").first.wait_for()
+            _choose(page, "Pooling mode", "max — ")
+            page.get_by_text("sparse · max").first.wait_for()
+            assert page.get_by_text("fewer FLOPs").count() >= 1
+            _no_errors(page)
+            page.screenshot(path=str(tmp_path / "sparse.png"), full_page=True)
+            page.close()
+
+            page = _open_with_upload(browser, server + "/deq", tmp_path, "Deep-equilibrium fusion")
+            page.get_by_text("final relative residual").first.wait_for()
+            _choose(page, "Solver", "plain iteration")
+            page.get_by_text("fixed_point:").first.wait_for()
+            page.locator('[data-testid="stPlotlyChart"]').nth(1).wait_for()  # residual + settling curves
+            _no_errors(page)
+            page.screenshot(path=str(tmp_path / "deq.png"), full_page=True)
+            page.close()
+
+            page = _open_with_upload(browser, server + "/adapters", tmp_path, "Missing modalities")
+            page.get_by_text("Both modalities are on").first.wait_for()
+            page.locator('[data-testid="stSidebar"]').get_by_text("Depth", exact=True).click()
+            page.get_by_text("Prediction with RGB only").first.wait_for()
+            _no_errors(page)
+            page.screenshot(path=str(tmp_path / "adapters.png"), full_page=True)
+        finally:
+            browser.close()
+    for name in ("sparse", "deq", "adapters"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 10_000

@@ -60,6 +60,58 @@ def test_train_resume_export_then_evaluate(tmp_path, model):
         assert sum(res["branch_hist"]) == 2
 
 
+@pytest.mark.parametrize("model", ["sparse_rgbd", "deq_rgbd"])
+def test_method_models_train_from_static_and_evaluate(tmp_path, model):
+    """Sparse and DEQ fusion start from a static checkpoint (their fusion block new), train, export, evaluate."""
+    data = _tiny_nyu(tmp_path / "nyu")
+    assets = tmp_path / "assets"
+    common = ["--data", str(data), "--size", "32", "64", "--batch-size", "2", "--workers", "0", "--no-pretrained",
+              "--threads", "1", "--epochs", "1", "--export-dir", str(assets)]
+    r = _run([sys.executable, "-m", "fusion.train", "--model", "static_rgbd", "--out", str(tmp_path / "s"),
+              "--export", "base", *common], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run([sys.executable, "-m", "fusion.train", "--model", model, "--init", str(assets / "base.json"),
+              "--out", str(tmp_path / "m"), "--export", "tiny", *common], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "learnt from scratch: fusions." in r.stdout
+    from fusion.checkpoints import load_checkpoint
+    from fusion.evaluate import _FullLabels, evaluate
+    m, card = load_checkpoint(assets / "tiny.json")
+    assert card["registry"] == model
+    res = evaluate(m, _FullLabels(data, 40, (32, 64)), timing=False)
+    assert 0 <= res["miou"] <= 100 and res["fusion_gflops"] > 0
+    assert ("tokens" in res) == (model == "sparse_rgbd") and ("deq" in res) == (model == "deq_rgbd")
+
+
+def test_adapters_train_frozen_and_ship_without_their_base(tmp_path):
+    data = _tiny_nyu(tmp_path / "nyu")
+    assets = tmp_path / "assets"
+    common = ["--data", str(data), "--size", "32", "64", "--batch-size", "2", "--workers", "0", "--no-pretrained",
+              "--threads", "1", "--epochs", "1", "--export-dir", str(assets)]
+    r = _run([sys.executable, "-m", "fusion.train", "--model", "static_rgbd", "--out", str(tmp_path / "s"),
+              "--export", "base", *common], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = _run([sys.executable, "-m", "fusion.train", "--model", "adapted_rgbd", "--init", str(assets / "base.json"),
+              "--adapter-kind", "ssf", "--out", str(tmp_path / "a"), "--export", "ad", *common], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = json.loads((assets / "ad.json").read_text())
+    assert card["base"] == "base" and set(card["adapter_params"]) == {"rgb", "depth"}
+    assert all(v < 0.5 for v in card["adapter_share_percent"].values())
+    assert (assets / "ad.safetensors").stat().st_size < 100_000  # adapters only, not the base
+
+    import torch
+
+    from fusion.checkpoints import load_checkpoint
+    from fusion.evaluate import robustness
+    m, _ = load_checkpoint(assets / "ad.json")
+    base, _ = load_checkpoint(assets / "base.json")
+    x = {"rgb": torch.rand(1, 3, 32, 64), "depth": torch.rand(1, 1, 32, 64) * 4}
+    assert torch.allclose(m(x).logits, base(x).logits, atol=1e-5)  # both present: no adapter, the frozen base
+    matrix, frames = robustness([str(assets / "ad.json")], [], data, 0)
+    assert frames == 2 and [r["method"] for r in matrix] == ["base", "ad"]
+    assert all(0 <= matrix[1][s] <= 100 for s in ("rgb", "depth"))
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     data = _tiny_nyu(tmp_path / "nyu", n=10)
