@@ -180,10 +180,15 @@ class RGBDSegmenter(nn.Module):
                 x = self._fuse(s, x, d, trace if trace is not None else {}, opts or {})
             feats.append(x)
         if trace is not None and self.kind == "deq" and trace.get("deq_states"):
-            # decode the fused state kept at selected solver iterations: the prediction at iteration t
-            trace["iter_logits"] = {t: self.decoder(feats[:DEQ_STAGE] + [feats[DEQ_STAGE] - trace["deq_out"] + st],
-                                                    self._out_size) for t, st in trace["deq_states"].items()}
+            trace["deq_ctx"] = (feats, trace["deq_out"], trace["deq_states"])  # decoded after FLOP counting
         return self.decoder(feats, self._out_size)
+
+    def _decode_iterates(self, ctx: tuple) -> dict[int, torch.Tensor]:
+        """The prediction at selected solver iterations: each kept fused state, decoded like the final one.
+        Run outside the FLOP counter: it is an explanation, not part of the model's forward."""
+        feats, final_out, states = ctx
+        return {t: self.decoder(feats[:DEQ_STAGE] + [feats[DEQ_STAGE] - final_out + st], self._out_size)
+                for t, st in states.items()}
 
     def _fuse(self, s: int, x: torch.Tensor, d: torch.Tensor | None, trace: dict, opts: dict) -> torch.Tensor:
         """Fuse depth into the RGB stream at stage ``s`` (the method's own block where it has one)."""
@@ -281,6 +286,9 @@ class RGBDSegmenter(nn.Module):
             out.flops = torch.tensor([float(fc.get_total_flops())])
         else:
             out = self._forward(rgb, depth, tau=tau, force_branch=force_branch, opts=opts)
+        ctx = out.extras.pop("deq_ctx", None)
+        if ctx is not None:
+            out.extras["iter_logits"] = self._decode_iterates(ctx)
         out.present, out.notes, out.adapter = present, notes + out.notes, active
         return out
 
@@ -315,7 +323,7 @@ class RGBDSegmenter(nn.Module):
 
     @staticmethod
     def _traced(logits: torch.Tensor, trace: dict) -> SegmentationOutput:
-        extras = {k: trace[k] for k in ("iter_logits", "fusion_flops", "fusion_bytes") if k in trace}
+        extras = {k: trace[k] for k in ("deq_ctx", "fusion_flops", "fusion_bytes") if k in trace}
         return SegmentationOutput(logits=logits, present=(), tokens=trace.get("tokens"), solver=trace.get("solver"),
                                   extras=extras)
 
