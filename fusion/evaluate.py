@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from fusion.checkpoints import ASSETS, list_cards, load_checkpoint
-from fusion.data.nyuv2 import IGNORE_INDEX, NYUv2, find_root, num_train_classes
+from fusion.data.nyuv2 import NYUv2, find_root
 from fusion.metrics import ConfusionMatrix
 from fusion.types import DEPTH, RGB
 

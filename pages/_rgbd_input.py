@@ -309,6 +309,18 @@ def metrics_line(pred: np.ndarray, gt: np.ndarray | None, n: int) -> str | None:
             f"(this frame, {m['n_classes']} classes)")
 
 
+def draw_prediction(title: str, labels: np.ndarray, rgb: np.ndarray, gt: np.ndarray | None, n_cls: int, alpha: float,
+                    notes: list[str] = ()) -> None:
+    """One prediction column: bold title, overlay, this frame's scores against the ground truth, notes."""
+    st.markdown(f"**{title}**")
+    st.image(overlay(rgb, labels, alpha), width="stretch")
+    line = metrics_line(labels, gt, n_cls)
+    if line:
+        st.markdown(line)
+    for note in notes:
+        st.caption(note)
+
+
 def draw_legend(label_maps: list[np.ndarray], names: list[str]) -> None:
     """Colour chips for the classes present (≥ 0.1% of the pixels) in any of the shown maps."""
     present = np.concatenate([np.asarray(m).ravel() for m in label_maps])

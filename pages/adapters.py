@@ -9,7 +9,7 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, draw_legend, gt_targets, metrics_line,
+from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, draw_legend, draw_prediction, gt_targets,
                                overlay, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
 
 from fusion import inference, viz
@@ -98,13 +98,7 @@ def main() -> None:
     cols = st.columns(len(shown) + (1 if gt is not None else 0))
     for col, (title, r) in zip(cols, shown):
         with col:
-            st.markdown(f"**{title}**")
-            st.image(overlay(rgb, r.labels, opts["alpha"]), width="stretch")
-            line = metrics_line(r.labels, gt, n_cls)
-            if line:
-                st.markdown(line)
-            for note in r.notes:
-                st.caption(note)
+            draw_prediction(title, r.labels, rgb, gt, n_cls, opts["alpha"], r.notes)
     if gt is not None:
         with cols[-1]:
             st.markdown("**Ground truth**")

@@ -9,8 +9,8 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (TASK, Run, class_names, draw_legend, gt_targets, metrics_line, overlay, prepare,
-                               read_input, run_page, segment, show_cards, show_input, sidebar)
+from pages._rgbd_input import (TASK, Run, class_names, draw_legend, draw_prediction, gt_targets, metrics_line,
+                               overlay, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
 
 from fusion import inference, viz
 
@@ -108,13 +108,8 @@ def main() -> None:
     cols = st.columns(3)
     for col, (title, r) in zip(cols, runs.items()):
         with col:
-            st.markdown(f"**{title}**" + (f" · branch k={r.branch}" if r.branch is not None else ""))
-            st.image(overlay(rgb, r.labels, opts["alpha"]), width="stretch")
-            line = metrics_line(r.labels, gt, n_cls)
-            if line:
-                st.markdown(line)
-            for note in r.notes:
-                st.caption(note)
+            draw_prediction(title + (f" · branch k={r.branch}" if r.branch is not None else ""), r.labels, rgb, gt,
+                            n_cls, opts["alpha"], r.notes)
     with cols[2]:
         if gt is not None:
             st.markdown("**Ground truth**")

@@ -5,13 +5,11 @@ Thin: widgets -> ``fusion`` -> drawing. Widget keys start with ``sft_``.
 """
 from __future__ import annotations
 
-import numpy as np
 import streamlit as st
 
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (checkpoint_or_untrained, class_names, depth_picture, draw_legend, gt_targets,
-                               metrics_line, overlay, prepare, read_input, run_page, segment, show_cards,
-                               show_input, sidebar)
+from pages._rgbd_input import (checkpoint_or_untrained, class_names, depth_picture, draw_legend, draw_prediction,
+                               gt_targets, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
 
 from fusion import viz
 from fusion.methods.sparse import POOL_MODES, SparseConfig
@@ -113,13 +111,7 @@ def main() -> None:
     changed = viz.changed_mask(sp.labels, dn.labels)
     for col, title, r in ((c1, f"sparse · {pool}", sp), (c2, "dense (pool=none)", dn)):
         with col:
-            st.markdown(f"**{title}**")
-            st.image(overlay(rgb, r.labels, opts["alpha"]), width="stretch")
-            line = metrics_line(r.labels, gt, n_cls)
-            if line:
-                st.markdown(line)
-            for note in r.notes:
-                st.caption(note)
+            draw_prediction(title, r.labels, rgb, gt, n_cls, opts["alpha"], r.notes)
     with c3:
         st.markdown(f"**Where they differ**: {changed.mean() * 100:.1f}% of pixels")
         st.image(viz.change_image(rgb, changed), width="stretch", caption="magenta = label differs")
