@@ -151,11 +151,12 @@ def write_readme_table(readme: Path, rows: list[dict], env: str) -> None:
             fewer_t = f"{dense['tokens']['after'] / t['after']:.1f}x" if dense else "-"
             fewer_f = f"{dense['fusion_gflops'] / m['fusion_gflops']:.1f}x" if dense else "-"
             dm = f"{m['miou'] - dense['miou']:+.2f}" if dense else "-"
-            sl.append(f"| `{r['name']}` | {t['pool']} | {t['keep_ratio']:g} | {t['before']} → {t['after']} | "
+            keep = "-" if t["pool"] == "none" else f"{t['keep_ratio']:g}"
+            sl.append(f"| `{r['name']}` | {t['pool']} | {keep} | {t['before']} → {t['after']} | "
                       f"{fewer_t} | {m['fusion_gflops']:.4f} | {fewer_f} | {m['miou']:.2f} | {dm} |")
-        sl += ["", "_Fusion stage = the sparse token-fusion block (unimodal attention, pooling, cross-modal attention, "
-               "read-back), FLOPs measured with FlopCounterMode around that block; the dense row is the same "
-               "checkpoint with pooling off (`pool=none`)._"]
+        sl += ["", "_Fusion stage = pooling, the cross-modal attention layer and the read-back into the RGB grid, "
+               "FLOPs measured with FlopCounterMode around exactly those ops (the unimodal attention before pooling "
+               "is the same in both rows); the dense row is the same checkpoint with pooling off (`pool=none`)._"]
         _replace_block(readme, "sparse", sl)
     deq = [r for r in rows if "deq" in r["metrics"]]
     if deq:
