@@ -493,7 +493,8 @@ def residual_figure(traces: Sequence[dict], *, tol: float | None = None) -> go.F
                                      hovertemplate=f"{t['name']}: stopped at iteration {n}<extra></extra>"))
     if tol is not None:
         fig.add_hline(y=tol, line_dash="dash", line_color="#333", annotation_text=f"tolerance {tol:g}")
-    fig.update_layout(yaxis=dict(type="log", title="residual"), xaxis=dict(title="solver iteration"),
+    fig.update_layout(yaxis=dict(type="log", title="residual", dtick=1, exponentformat="power"),
+                      xaxis=dict(title="solver iteration", dtick=1),
                       height=320, margin=dict(l=50, r=10, t=30, b=40), legend=dict(orientation="h", y=1.12))
     return fig
 
