@@ -135,3 +135,27 @@ def test_compute_figure():
     assert isinstance(fig, go.Figure) and len(fig.data) == 2
     assert list(fig.data[0].y) == [4.0, 2.0]
     assert fig.data[1].y[1] is None
+
+
+def test_token_overlay_dims_dropped_cells_and_outlines_kept_ones():
+    img = np.full((60, 80, 3), 200, np.uint8)
+    scores = np.arange(12, dtype=np.float32)  # a 3 x 4 token grid, 20 x 20 pixels per cell
+    out = viz.token_overlay(img, (3, 4), scores, kept=np.array([11]), dim=0.25)
+    assert out.shape == img.shape and out.dtype == np.uint8
+    assert (out[10, 10] == 50).all()  # cell 0 dropped: the photo dimmed to 25%
+    assert (out[50, 60] != out[10, 10]).any() and (out[40, 60] == 255).all()  # kept cell 11: tinted, outlined
+    win = np.repeat(np.arange(6), 2)  # window modes: nothing dimmed, window borders black
+    out_w = viz.token_overlay(img, (3, 4), scores, kept=np.arange(0, 12, 2), windows=win)
+    assert (out_w[10, 10] != 50).any()
+
+
+def test_method_figures():
+    fig = viz.residual_figure([{"name": "a", "residuals": [1.0, 0.1, 1e-4], "nstep": 3}], tol=1e-3)
+    assert fig.layout.yaxis.type == "log" and len(fig.data) == 2  # the curve and its stop marker
+    fig = viz.settling_figure([1, 2, 3], [0.5, 0.1, 0.0])
+    assert list(fig.data[0].y) == [50.0, 10.0, 0.0]
+    fig = viz.robustness_figure(["base", "lora"], ["both", "rgb", "depth"], [[30, 3, 10], [None, 20, 15]])
+    assert fig.data[0].z[1][0] is None and fig.data[0].text[0][0] == "30.0"
+    fig = viz.token_cost_figure([{"name": "s", "tokens": 60, "flops": 6e7, "mbytes": 3.0},
+                                 {"name": "d", "tokens": 600, "flops": 3.6e8, "mbytes": None}])
+    assert len(fig.data) == 3 and fig.data[1].y[1] == pytest.approx(0.36)
