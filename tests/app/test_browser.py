@@ -96,7 +96,8 @@ def test_upload_and_see_gate_decision(server, tmp_path):
             uploaders = page.locator('[data-testid="stFileUploader"]')
             # depth first (nothing to segment yet), then the RGB image that triggers the models
             uploaders.filter(has_text="Depth map").locator('input[type="file"]').set_input_files(str(depth_path))
-            page.get_by_text("Upload an RGB image").first.wait_for()
+            uploaders.filter(has_text="Depth map").get_by_text("depth.png").wait_for()
+            _wait_idle(page)
             uploaders.filter(has_text="RGB image").locator('input[type="file"]').set_input_files(str(rgb_path))
             page.get_by_text("Depth read as").first.wait_for()
             page.get_by_text("Decision:").first.wait_for()
@@ -128,13 +129,21 @@ def _open_with_upload(browser, url: str, tmp_path, title: str):
         page.get_by_text(title).first.wait_for()
         uploaders = page.locator('[data-testid="stFileUploader"]')
         uploaders.filter(has_text="Depth map").locator('input[type="file"]').set_input_files(str(depth_path))
-        page.get_by_text("Upload an RGB image").first.wait_for()
+        uploaders.filter(has_text="Depth map").get_by_text("depth.png").wait_for()
+        _wait_idle(page)  # an upload during the rerun the first one started can be lost with the old DOM
         uploaders.filter(has_text="RGB image").locator('input[type="file"]').set_input_files(str(rgb_path))
+        uploaders.filter(has_text="RGB image").get_by_text("scene.png").wait_for()
         page.get_by_text("Depth read as").first.wait_for()
     except Exception:
         page.screenshot(path=str(tmp_path / "failed_upload.png"), full_page=True)
         raise
     return page
+
+
+def _wait_idle(page) -> None:
+    """Wait until the app has no script run in progress (Streamlit's running indicator is gone)."""
+    page.wait_for_timeout(500)
+    page.locator('[data-testid^="stStatusWidgetRunning"]').first.wait_for(state="hidden")
 
 
 def _choose(page, label: str, option: str) -> None:
