@@ -59,7 +59,10 @@ def main() -> None:
     adapters = [c for c in cards if c.get("registry") == "adapted_rgbd"]
     dedicated = [c for c in cards if c.get("trained_without")]
     if adapters:
-        by_kind = {c["config"]["adapter"]["kind"]: c for c in adapters}
+        order = list(KIND_HELP)
+        by_kind = {c["config"]["adapter"]["kind"]: c for c in sorted(
+            adapters, key=lambda c: order.index(c["config"]["adapter"]["kind"]) if c["config"]["adapter"]["kind"]
+            in order else len(order))}
         kind = sb.selectbox("Adapter kind", list(by_kind), key="miss_kind", format_func=lambda k: KIND_HELP.get(k, k))
         a_name, a_trained = by_kind[kind]["name"], True
     else:
@@ -90,7 +93,8 @@ def main() -> None:
     st.subheader(f"Prediction with {subset} only" if len(present) == 1 else "Prediction with both modalities")
     shown = [("frozen static, no adapter", base)]
     if len(present) == 1:
-        shown.append((f"+ {adapted.adapter or '-'} adapters", adapted))
+        kind_name = kind if adapters else "untrained"
+        shown.append((f"+ {kind_name} adapters ('{adapted.adapter or '-'}' set)", adapted))
         if ded is not None:
             shown.append((f"dedicated {subset}-only model", ded))
     if full is not None and len(present) == 1:
