@@ -60,9 +60,9 @@ def test_train_resume_export_then_evaluate(tmp_path, model):
         assert sum(res["branch_hist"]) == 2
 
 
-@pytest.mark.parametrize("model", ["sparse_rgbd", "deq_rgbd"])
-def test_method_models_train_from_static_and_evaluate(tmp_path, model):
-    """Sparse and DEQ fusion start from a static checkpoint (their fusion block new), train, export, evaluate."""
+def _static_base(tmp_path: Path) -> tuple[Path, Path, list[str]]:
+    """Tiny data, a static model trained one epoch on it and exported as ``assets/base``, and the common
+    training arguments."""
     data = _tiny_nyu(tmp_path / "nyu")
     assets = tmp_path / "assets"
     common = ["--data", str(data), "--size", "32", "64", "--batch-size", "2", "--workers", "0", "--no-pretrained",
@@ -70,6 +70,13 @@ def test_method_models_train_from_static_and_evaluate(tmp_path, model):
     r = _run([sys.executable, "-m", "fusion.train", "--model", "static_rgbd", "--out", str(tmp_path / "s"),
               "--export", "base", *common], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
+    return data, assets, common
+
+
+@pytest.mark.parametrize("model", ["sparse_rgbd", "deq_rgbd"])
+def test_method_models_train_from_static_and_evaluate(tmp_path, model):
+    """Sparse and DEQ fusion start from a static checkpoint (their fusion block new), train, export, evaluate."""
+    data, assets, common = _static_base(tmp_path)
     r = _run([sys.executable, "-m", "fusion.train", "--model", model, "--init", str(assets / "base.json"),
               "--out", str(tmp_path / "m"), "--export", "tiny", *common], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -84,13 +91,7 @@ def test_method_models_train_from_static_and_evaluate(tmp_path, model):
 
 
 def test_adapters_train_frozen_and_ship_without_their_base(tmp_path):
-    data = _tiny_nyu(tmp_path / "nyu")
-    assets = tmp_path / "assets"
-    common = ["--data", str(data), "--size", "32", "64", "--batch-size", "2", "--workers", "0", "--no-pretrained",
-              "--threads", "1", "--epochs", "1", "--export-dir", str(assets)]
-    r = _run([sys.executable, "-m", "fusion.train", "--model", "static_rgbd", "--out", str(tmp_path / "s"),
-              "--export", "base", *common], tmp_path)
-    assert r.returncode == 0, r.stderr[-2000:]
+    data, assets, common = _static_base(tmp_path)
     r = _run([sys.executable, "-m", "fusion.train", "--model", "adapted_rgbd", "--init", str(assets / "base.json"),
               "--adapter-kind", "ssf", "--out", str(tmp_path / "a"), "--export", "ad", *common], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
