@@ -253,12 +253,38 @@ def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -
         drop = card.get("trained_without")
         sub = {DEPTH: "rgb", RGB: "depth"}[drop]
         res = evaluate(model, ds_for(card), drop=drop, limit=limit, timing=False, flops=False, desc=name)
-        matrix.append({"method": name, "label": f"`{name}`, dedicated model trained on {sub} only",
+        matrix.append({"method": name, "label": f"`{name}`, dedicated {sub}-only network",
                        "params": f"{card['params']:,} (all)", sub: res["miou"]})
         card.setdefault("metrics", {})[f"{sub}_only"] = {k: res[k] for k in ("miou", "pixel_acc")}
         if not limit:
             _card_path(name, card).write_text(json.dumps(card, indent=2) + "\n")
-    return matrix, (limit or len(next(iter(datasets.values()))))
+    return matrix, (limit or (len(next(iter(datasets.values()))) if datasets else 0))
+
+
+def robustness_from_cards(cards: list[dict]) -> list[dict]:
+    """The robustness matrix rows (as :func:`robustness` returns them) from evaluated cards: the frozen base
+    without adapters, each adapter kind, each dedicated single-modality model. Unevaluated cards are skipped."""
+    adapters = [c for c in cards if c.get("registry") == "adapted_rgbd" and "base_no_adapter" in c.get("metrics", {})]
+    order = ("lora", "ssf", "bitfit")
+    adapters.sort(key=lambda c: order.index(c["config"]["adapter"]["kind"]) if c["config"]["adapter"]["kind"]
+                  in order else len(order))
+    rows = []
+    if adapters:
+        base = adapters[0]["metrics"]["base_no_adapter"]
+        rows.append({"method": "base", "label": f"`{adapters[0]['base']}`, modality missing, no adapter",
+                     "params": 0, **base})
+    for c in adapters:
+        m = c["metrics"]
+        rows.append({"method": c["name"], "label": f"`{c['name']}` ({c['config']['adapter']['kind']})",
+                     "params": " / ".join(f"{v:,} ({c['adapter_share_percent'][k]:.2f}%)"
+                                          for k, v in c["adapter_params"].items()),
+                     **{sub: m[f"{sub}_only"]["miou"] for sub in ("rgb", "depth") if f"{sub}_only" in m}})
+    for c in cards:
+        sub = {DEPTH: "rgb", RGB: "depth"}.get(c.get("trained_without"))
+        if sub and f"{sub}_only" in c.get("metrics", {}):
+            rows.append({"method": c["name"], "label": f"`{c['name']}`, dedicated {sub}-only network",
+                         "params": f"{c['params']:,} (all)", sub: c["metrics"][f"{sub}_only"]["miou"]})
+    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -311,8 +337,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.robustness is not None:
         matrix, frames = robustness(args.robustness, args.dedicated, root, args.limit)
         print(json.dumps({"robustness": matrix}))
-        if args.readme and not args.limit:
-            write_robustness_table(Path(args.readme), matrix, frames)
+        if args.readme and not args.limit:  # every evaluated card, so one model can be re-evaluated alone
+            table = matrix if args.no_write_cards else robustness_from_cards(list_cards("rgbd_seg"))
+            write_robustness_table(Path(args.readme), table, frames)
     return rows
 
 

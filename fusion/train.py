@@ -12,7 +12,7 @@ DynMM starts from a trained static model (``--init``) and learns the gate with a
 whose weight is the budget knob (``--resource-weight``). The sparse-fusion and DEQ models also start from
 it (their new fusion block is learnt, the rest fine-tuned). ``adapted_rgbd`` freezes it and learns only the
 adapters of each missing-modality subset, alternating the subsets batch by batch. ``--drop MOD`` trains
-any model with that modality always absent (the dedicated single-modality baselines). ``--resume`` continues from ``OUT/last.pt``.
+a dedicated single-modality baseline: one encoder for the other modality, no fusion. ``--resume`` continues from ``OUT/last.pt``.
 At the end the model is exported to ``assets/checkpoints/NAME.{safetensors,json}`` with ``--export NAME``.
 """
 from __future__ import annotations
@@ -67,7 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gate-lr-mult", type=float, default=10.0, help="DynMM gate LR = this x --lr")
     p.add_argument("--gumbel", action="store_true", help="DynMM: Gumbel-softmax gate while training")
     p.add_argument("--drop", choices=(RGB, DEPTH), default=None,
-                   help="train with this modality always absent (dedicated single-modality baseline)")
+                   help="static_rgbd: a dedicated single-modality baseline without this modality (one encoder, "
+                        "no fusion)")
     p.add_argument("--adapter-kind", choices=("lora", "ssf", "bitfit"), default="lora", help="adapted_rgbd")
     p.add_argument("--adapter-rank", type=int, default=4, help="adapted_rgbd, LoRA rank")
     p.add_argument("--pool-mix", type=float, default=0.5,
@@ -109,6 +110,10 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
         if args.resource_weight is not None:
             kw["resource_weight"] = args.resource_weight
         kw["gumbel"] = args.gumbel
+    if args.drop:
+        if args.model != "static_rgbd":
+            raise FusionError("--drop builds a dedicated single-modality baseline: use it with --model static_rgbd")
+        kw["modalities"] = (DEPTH,) if args.drop == RGB else (RGB,)
     if args.model.startswith("deq"):
         kw["deq"] = {"backward": args.deq_backward, "jac_reg_weight": args.jac_reg}
     if args.model.startswith("adapted"):
@@ -255,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
             extra["trained_without"] = args.drop
         save_checkpoint(model, Path(args.export_dir) / args.export, {
             "name": args.export, "task": "rgbd_seg", "registry": args.model,
-            "method": METHOD_NAMES[model.kind] + (f", trained without {args.drop}" if args.drop else ""),
+            "method": (f"dedicated {model.single}-only network (one encoder, no fusion)" if args.drop
+                       else METHOD_NAMES[model.kind]),
             "data": "NYU Depth V2 labelled subset (Silberman et al., ECCV 2012), 40-class labels of Gupta et al. "
                     "2013; class 39 (otherprop, merged with void in our copy) ignored",
             "licence": "NYU Depth V2 has no explicit licence: research and teaching use only; weights inherit "

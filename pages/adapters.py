@@ -13,34 +13,12 @@ from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, draw_
                                overlay, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
 
 from fusion import inference, viz
+from fusion.evaluate import robustness_from_cards
 
 ensure_navigation_mode()
 
 KIND_HELP = {"lora": "LoRA: low-rank update of convolutions", "ssf": "SSF: per-channel scale and shift",
              "bitfit": "BitFit: bias terms only"}
-
-
-def robustness_matrix(adapter_cards: list[dict], dedicated: list[dict]) -> tuple[list[str], list[list]]:
-    """Rows (labels) and mIoU cells [RGB + depth, RGB only, depth only] from the cards' evaluation metrics."""
-    rows, cells = [], []
-    base = next((c["metrics"]["base_no_adapter"] for c in adapter_cards
-                 if "base_no_adapter" in c.get("metrics", {})), None)
-    if base:
-        rows.append("static, no adapter")
-        cells.append([base.get("both"), base.get("rgb"), base.get("depth")])
-    for c in adapter_cards:
-        m = c.get("metrics", {})
-        if "rgb_only" in m or "depth_only" in m:
-            rows.append(f"+ {c['config']['adapter']['kind']} adapters")
-            cells.append([None, m.get("rgb_only", {}).get("miou"), m.get("depth_only", {}).get("miou")])
-    for c in dedicated:
-        m = c.get("metrics", {})
-        sub = {"depth": "rgb", "rgb": "depth"}[c["trained_without"]]
-        if f"{sub}_only" in m:
-            rows.append(f"dedicated {sub}-only model")
-            cells.append([None, m["rgb_only"]["miou"] if sub == "rgb" else None,
-                          m["depth_only"]["miou"] if sub == "depth" else None])
-    return rows, cells
 
 
 def main() -> None:
@@ -116,9 +94,11 @@ def main() -> None:
                 "off in the sidebar.")
 
     st.subheader("Robustness matrix (NYUv2 test split)")
-    rows, cells = robustness_matrix(adapters, dedicated)
-    if rows:
-        st.plotly_chart(viz.robustness_figure(rows, ["RGB + depth", "RGB only", "depth only"], cells),
+    matrix = robustness_from_cards(cards)
+    if matrix:
+        st.plotly_chart(viz.robustness_figure([r["label"].replace("`", "") for r in matrix],
+                                              ["RGB + depth", "RGB only", "depth only"],
+                                              [[r.get(k) for k in ("both", "rgb", "depth")] for r in matrix]),
                         key="miss_matrix_chart", width="stretch")
         shares = {c["config"]["adapter"]["kind"]: c.get("adapter_share_percent") for c in adapters}
         st.caption("mIoU (%) over 39 classes from `python -m fusion.evaluate --robustness`. Adapter share of the "

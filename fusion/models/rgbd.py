@@ -50,6 +50,7 @@ class SegConfig:
     sparse: SparseConfig | None = None  # sparse_rgbd only: token fusion at stride 16
     deq: DEQConfig | None = None  # deq_rgbd only: equilibrium fusion at stride 32
     adapter: AdapterConfig | None = None  # adapted_rgbd only: adapters for the missing-modality subsets
+    modalities: tuple[str, ...] = (RGB, DEPTH)  # inputs the network has; one = a dedicated single-stream model
 
 
 def _sep_conv(c: int) -> nn.Sequential:
@@ -121,10 +122,20 @@ class RGBDSegmenter(nn.Module):
         self.cfg = cfg
         self.kind = kind
         self.dynamic = kind == "dynmm"
-        self.rgb_encoder = EfficientNetLite0Encoder(in_channels=3, pretrained=cfg.pretrained)
-        self.depth_encoder = EfficientNetLite0Encoder(in_channels=1, pretrained=cfg.pretrained)
+        self.modalities = tuple(cfg.modalities)
+        if self.modalities not in ((RGB, DEPTH), (RGB,), (DEPTH,)):
+            raise FusionError(f"modalities must be ('rgb', 'depth'), ('rgb',) or ('depth',), got {self.modalities}")
+        if len(self.modalities) == 1 and kind != "static":
+            raise FusionError("a single-modality network has no fusion: build it as static_rgbd")
+        self.single = self.modalities[0] if len(self.modalities) == 1 else None
+        # a dedicated single-modality model has one encoder and no fusion blocks: the absent modality's
+        # encoder is not built (not fed a constant, whose BatchNorm statistics break at eval time)
+        self.rgb_encoder = (EfficientNetLite0Encoder(in_channels=3, pretrained=cfg.pretrained)
+                            if RGB in self.modalities else None)
+        self.depth_encoder = (EfficientNetLite0Encoder(in_channels=1, pretrained=cfg.pretrained)
+                              if DEPTH in self.modalities else None)
         self.num_stages = len(STAGE_CHANNELS)
-        fusions: list[nn.Module] = [SEAddFusion(channels=c) for c in STAGE_CHANNELS]
+        fusions: list[nn.Module] = [SEAddFusion(channels=c) for c in STAGE_CHANNELS] if not self.single else []
         if kind == "sparse":
             c = STAGE_CHANNELS[SPARSE_STAGE]
             fusions[SPARSE_STAGE] = SparseTokenFusion(in_channels={RGB: c, DEPTH: c}, primary=RGB, out_channels=c,
@@ -249,12 +260,18 @@ class RGBDSegmenter(nn.Module):
         bad = set(opts) - {"pool", "keep_ratio", "solver", "max_iter", "tol", "stop_mode", "keep_states_at", "_count"}
         if bad:
             raise FusionError(f"unknown forward options {sorted(bad)}")
+        if self.single:  # dedicated single-modality model: its modality is required, the other ignored
+            if self.single not in inputs:
+                raise FusionError(f"this model was trained on {self.single} only: give a '{self.single}' input")
+            inputs = {self.single: inputs[self.single]}
         rgb, depth = _check_inputs(inputs, need_rgb=self.kind not in ("static", "adapted"))
         ref = rgb if rgb is not None else depth
         self._out_size = tuple(ref.shape[-2:])
         notes: list[str] = []
         present = tuple(m for m, t in ((RGB, rgb), (DEPTH, depth)) if t is not None)
-        if depth is None:
+        if self.single:
+            notes.append(f"dedicated {self.single}-only model: one encoder, no fusion")
+        elif depth is None:
             if self.dynamic:
                 notes.append("depth absent: gate overridden to branch 0 (RGB only; depth encoder not run)")
                 force_branch = 0
@@ -262,7 +279,7 @@ class RGBDSegmenter(nn.Module):
                 notes.append("depth absent: depth encoder not run; the fusion block fuses RGB alone")
             else:
                 notes.append("depth absent: the model was fed an all-zero (all-holes) depth map")
-        if rgb is None:
+        if rgb is None and not self.single:
             notes.append("rgb absent: the model was fed a mean-grey image (zero after normalisation)")
         active = None
         if self.kind == "adapted":
@@ -271,9 +288,9 @@ class RGBDSegmenter(nn.Module):
             if len(present) == 1:
                 notes.append(f"adapter set '{active}' (for {present[0]} only) switched on" if active else
                              "adapters off: the frozen static model alone")
-        if depth is None and self.kind in ("static", "adapted", "dynmm"):
+        if depth is None and self.kind in ("static", "adapted", "dynmm") and not self.single:
             depth = torch.zeros_like(ref[:, :1])
-        if rgb is None:
+        if rgb is None and not self.single:
             rgb = torch.full((ref.shape[0], 3, *ref.shape[-2:]), RGB_MEAN, dtype=ref.dtype, device=ref.device)
         if count_flops and ref.shape[0] > 1:
             outs = [self.forward({m: t[i:i + 1] for m, t in inputs.items() if t is not None}, count_flops=True,
@@ -292,9 +309,14 @@ class RGBDSegmenter(nn.Module):
         out.present, out.notes, out.adapter = present, notes + out.notes, active
         return out
 
-    def _forward(self, rgb: torch.Tensor, depth: torch.Tensor | None, *, tau: float, force_branch: int | None,
-                 opts: dict) -> SegmentationOutput:
-        if depth is None:  # sparse / DEQ without depth
+    def _forward(self, rgb: torch.Tensor | None, depth: torch.Tensor | None, *, tau: float,
+                 force_branch: int | None, opts: dict) -> SegmentationOutput:
+        if self.single == DEPTH:  # one depth encoder straight into the decoder
+            d = torch.where(depth > 0, (depth - DEPTH_MEAN_M) / DEPTH_STD_M, torch.zeros_like(depth))
+            return SegmentationOutput(logits=self.decoder(self.depth_encoder(d), self._out_size), present=())
+        if self.single == RGB:
+            depth = None
+        if depth is None:  # sparse / DEQ without depth; a dedicated RGB model
             x = (rgb - RGB_MEAN) / RGB_STD
             trace: dict = {}
             logits = self._run(x, None, self.num_stages, trace=trace, opts=opts)

@@ -205,3 +205,22 @@ def test_pretrained_encoder_loads_wheel_weights():
     assert torch.allclose(d.stages[0].stem[0].weight[:, 0], w.mean(1))
     assert not torch.allclose(a.stages[3].blocks[0]._project_conv.weight,
                               EfficientNetLite0Encoder(pretrained=False).stages[3].blocks[0]._project_conv.weight)
+
+
+@pytest.mark.parametrize("only", ["rgb", "depth"])
+def test_dedicated_single_modality_network_has_one_encoder_and_no_fusion(only):
+    torch.manual_seed(0)
+    m = create("static_rgbd", pretrained=False, num_classes=5, modalities=(only,)).eval()
+    both = create("static_rgbd", pretrained=False, num_classes=5).eval()
+    assert (m.rgb_encoder is None) == (only == "depth") and (m.depth_encoder is None) == (only == "rgb")
+    assert len(m.fusions) == 0
+    x = _inputs(2)
+    out = m(x, count_flops=True)  # the other modality, if given, is ignored
+    assert out.present == (only,) and out.logits.shape == (2, 5, *SIZE)
+    assert torch.isfinite(out.logits).all()
+    assert float(out.flops[0]) < 0.6 * float(both(x, count_flops=True).flops[0])
+    other = "depth" if only == "rgb" else "rgb"
+    with pytest.raises(FusionError, match=f"trained on {only} only"):
+        m({other: x[other]})
+    with pytest.raises(FusionError, match="single-modality"):
+        create("dynmm_rgbd", pretrained=False, modalities=(only,))
