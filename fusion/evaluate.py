@@ -4,7 +4,7 @@
 
     python -m fusion.evaluate sparse_rgbd deq_rgbd --dense --no-depth --readme README.md
     python -m fusion.evaluate --robustness adapters_lora adapters_ssf adapters_bitfit \
-        --dedicated rgb_only_rgbd --readme README.md
+        --dedicated rgb_only_rgbd depth_only_rgbd --readme README.md
 
 Per model: mIoU over the 39 classes (class 39, otherprop + void, ignored), pixel accuracy, mean FLOPs per
 frame (FlopCounterMode on the path each frame actually took), mean CPU latency per frame (a separate timed
