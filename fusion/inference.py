@@ -44,6 +44,13 @@ def list_checkpoints(task: str = "rgbd_seg", root: Path = ASSETS) -> list[dict[s
         return []
 
 
+def is_dedicated(card: dict[str, Any]) -> bool:
+    """True for a dedicated single-modality baseline (trained with a modality always absent): such a card
+    shares its registry name with the fusion model but is not one, so pages that show fusion skip it."""
+    mods = (card.get("config") or {}).get("modalities") if isinstance(card.get("config"), dict) else None
+    return bool(card.get("trained_without")) or (isinstance(mods, (list, tuple)) and len(mods) == 1)
+
+
 def load_checkpoint(name: str, root: Path = ASSETS) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Model (eval mode, float32) and its card. Raises :class:`FusionError`."""
     return _load(name, root)

@@ -54,7 +54,8 @@ def load_model(name: str, trained: bool) -> tuple[Any, dict]:
 def checkpoint_or_untrained(registry: str, what: str) -> list[tuple[str, bool]]:
     """[(name, trained)] of the shipped checkpoints of ``registry``, or the untrained registry model with a
     note on the page saying so."""
-    cards = [c for c in inference.list_checkpoints(TASK) if c.get("registry") == registry]
+    cards = [c for c in inference.list_checkpoints(TASK) if c.get("registry") == registry
+             and not inference.is_dedicated(c)]
     if cards:
         return [(c["name"], True) for c in cards]
     st.info(f"No trained {what} checkpoint in `assets/checkpoints/` yet: showing a **randomly initialised** "

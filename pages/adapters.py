@@ -35,7 +35,7 @@ def main() -> None:
     use_depth = sb.toggle("Depth", value=True, key="miss_use_depth")
     cards = inference.list_checkpoints(TASK)
     adapters = [c for c in cards if c.get("registry") == "adapted_rgbd"]
-    dedicated = [c for c in cards if c.get("trained_without")]
+    dedicated = [c for c in cards if inference.is_dedicated(c)]
     if adapters:
         order = list(KIND_HELP)
         by_kind = {c["config"]["adapter"]["kind"]: c for c in sorted(

@@ -22,6 +22,8 @@ STATIC, DYNMM = "Static fusion", "DynMM"
 
 def card_kind(c: dict) -> str | None:
     """"static" or "dynmm" for a model card (by its registry name, else its method text)."""
+    if inference.is_dedicated(c):
+        return None
     reg = str(c.get("registry") or "")
     if reg in ("static_rgbd", "dynmm_rgbd"):
         return reg.split("_")[0]

@@ -205,7 +205,11 @@ def test_rgbd_budget_picker_with_checkpoints(app_cwd, no_data_env, monkeypatch, 
     from fusion import inference
     from fusion.registry import create
 
-    cards = [  # the fields fusion.train writes into a card
+    cards = [  # the fields fusion.train writes into a card; the dedicated baselines share static's registry
+        {"name": "depth_only_rgbd", "task": "rgbd_seg", "registry": "static_rgbd", "trained_without": "rgb",
+         "method": "dedicated depth-only network", "config": {"modalities": ["depth"]}},
+        {"name": "a_rgb_only", "task": "rgbd_seg", "registry": "static_rgbd", "method": "static",
+         "config": {"modalities": ["rgb"]}},
         {"name": "static_rgbd", "task": "rgbd_seg", "registry": "static_rgbd", "method": "static SE-add fusion",
          "metrics": {"miou": 31.0, "mean_gflops": 2.36}},
         {"name": "dynmm_rgbd_b1", "task": "rgbd_seg", "registry": "dynmm_rgbd", "method": "DynMM (fusion level)",
@@ -234,3 +238,4 @@ def test_rgbd_budget_picker_with_checkpoints(app_cwd, no_data_env, monkeypatch, 
     _assert_clean(at)
     assert "Decision:" in _texts(at)
     assert {"static_rgbd", "dynmm_rgbd_b1", "dynmm_rgbd_b2"} <= set(loaded)
+    assert not {"depth_only_rgbd", "a_rgb_only"} & set(loaded)  # a single-modality baseline is not "static fusion"
