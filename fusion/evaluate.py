@@ -216,6 +216,22 @@ def _card_path(name: str, card: dict) -> Path:
     return Path(name) if Path(name).suffix == ".json" else ASSETS / f"{card['name']}.json"
 
 
+def _epochs(card: dict) -> list[str]:
+    """["15 epochs"] from the card's training record (empty when it has none)."""
+    ep = (card.get("training") or {}).get("epochs") if isinstance(card.get("training"), dict) else None
+    return [f"{ep} epochs"] if ep else []
+
+
+def _adapter_label(card: dict) -> str:
+    """```adapters_lora` (lora, 15 epochs)``: the rows of one table can have different training lengths."""
+    return f"`{card['name']}` ({', '.join([card['config']['adapter']['kind'], *_epochs(card)])})"
+
+
+def _dedicated_label(card: dict, sub: str) -> str:
+    ep = _epochs(card)
+    return f"`{card['name']}`, dedicated {sub}-only network" + (f" ({ep[0]})" if ep else "")
+
+
 def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -> tuple[list[dict], int]:
     """mIoU of the frozen base without / with each adapter kind, and of the dedicated models, per subset."""
     matrix: list[dict] = []
@@ -237,7 +253,7 @@ def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -
                 base_row[sub] = evaluate(model, ds, drop=drop, adapter=False, limit=limit, timing=False, flops=False,
                                          desc=f"base {sub}")["miou"]
             matrix.append(base_row)
-        row = {"method": card["name"], "label": f"`{card['name']}` ({card['config']['adapter']['kind']})",
+        row = {"method": card["name"], "label": _adapter_label(card),
                "params": " / ".join(f"{v:,} ({card['adapter_share_percent'][k]:.2f}%)"
                                     for k, v in card["adapter_params"].items())}
         for sub, drop in (("rgb", DEPTH), ("depth", RGB)):
@@ -253,7 +269,7 @@ def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -
         drop = card.get("trained_without")
         sub = {DEPTH: "rgb", RGB: "depth"}[drop]
         res = evaluate(model, ds_for(card), drop=drop, limit=limit, timing=False, flops=False, desc=name)
-        matrix.append({"method": name, "label": f"`{name}`, dedicated {sub}-only network",
+        matrix.append({"method": name, "label": _dedicated_label(card, sub),
                        "params": f"{card['params']:,} (all)", sub: res["miou"]})
         card.setdefault("metrics", {})[f"{sub}_only"] = {k: res[k] for k in ("miou", "pixel_acc")}
         if not limit:
@@ -275,14 +291,14 @@ def robustness_from_cards(cards: list[dict]) -> list[dict]:
                      "params": 0, **base})
     for c in adapters:
         m = c["metrics"]
-        rows.append({"method": c["name"], "label": f"`{c['name']}` ({c['config']['adapter']['kind']})",
+        rows.append({"method": c["name"], "label": _adapter_label(c),
                      "params": " / ".join(f"{v:,} ({c['adapter_share_percent'][k]:.2f}%)"
                                           for k, v in c["adapter_params"].items()),
                      **{sub: m[f"{sub}_only"]["miou"] for sub in ("rgb", "depth") if f"{sub}_only" in m}})
     for c in cards:
         sub = {DEPTH: "rgb", RGB: "depth"}.get(c.get("trained_without"))
         if sub and f"{sub}_only" in c.get("metrics", {}):
-            rows.append({"method": c["name"], "label": f"`{c['name']}`, dedicated {sub}-only network",
+            rows.append({"method": c["name"], "label": _dedicated_label(c, sub),
                          "params": f"{c['params']:,} (all)", sub: c["metrics"][f"{sub}_only"]["miou"]})
     return rows
 
