@@ -219,7 +219,7 @@ def _card_path(name: str, card: dict) -> Path:
 def _epochs(card: dict) -> list[str]:
     """["15 epochs"] from the card's training record (empty when it has none)."""
     ep = (card.get("training") or {}).get("epochs") if isinstance(card.get("training"), dict) else None
-    return [f"{ep} epochs"] if ep else []
+    return [f"{ep} epoch{'s' if ep != 1 else ''}"] if ep else []
 
 
 def _adapter_label(card: dict) -> str:

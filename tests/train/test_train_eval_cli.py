@@ -111,6 +111,8 @@ def test_adapters_train_frozen_and_ship_without_their_base(tmp_path):
     matrix, frames = robustness([str(assets / "ad.json")], [], data, 0)
     assert frames == 2 and [r["method"] for r in matrix] == ["base", "ad"]
     assert all(0 <= matrix[1][s] <= 100 for s in ("rgb", "depth"))
+    ep = card["training"]["epochs"]  # rows of one table may be trained for different lengths: the label says
+    assert matrix[1]["label"] == f"`ad` (ssf, {ep} epoch{'s' if ep != 1 else ''})"
 
 
 @pytest.mark.slow
