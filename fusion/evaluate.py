@@ -216,24 +216,50 @@ def _card_path(name: str, card: dict) -> Path:
     return Path(name) if Path(name).suffix == ".json" else ASSETS / f"{card['name']}.json"
 
 
+ADAPTER_KINDS = ("lora", "ssf", "bitfit")  # table and page order: most parameters first
+
+
+def sort_adapter_cards(cards: list[dict]) -> list[dict]:
+    """Adapter cards in :data:`ADAPTER_KINDS` order (unknown kinds last)."""
+    def rank(c: dict) -> int:
+        kind = c["config"]["adapter"]["kind"]
+        return ADAPTER_KINDS.index(kind) if kind in ADAPTER_KINDS else len(ADAPTER_KINDS)
+    return sorted(cards, key=rank)
+
+
 def _epochs(card: dict) -> list[str]:
     """["15 epochs"] from the card's training record (empty when it has none)."""
     ep = (card.get("training") or {}).get("epochs") if isinstance(card.get("training"), dict) else None
     return [f"{ep} epoch{'s' if ep != 1 else ''}"] if ep else []
 
 
-def _adapter_label(card: dict) -> str:
-    """```adapters_lora` (lora, 15 epochs)``: the rows of one table can have different training lengths."""
-    return f"`{card['name']}` ({', '.join([card['config']['adapter']['kind'], *_epochs(card)])})"
+def _base_row(base: str, miou: dict) -> dict:
+    """Matrix row of the frozen base with adapters off; ``miou`` = {"both", "rgb", "depth"}."""
+    return {"method": "base", "label": f"`{base}`, modality missing, no adapter", "params": 0, **miou}
 
 
-def _dedicated_label(card: dict, sub: str) -> str:
+def _adapter_row(card: dict) -> dict:
+    """Matrix row of an adapter card from its evaluated ``rgb_only`` / ``depth_only`` metrics. The label names
+    the kind and the epochs: the rows of one table can have different training lengths."""
+    m = card.get("metrics", {})
+    return {"method": card["name"],
+            "label": f"`{card['name']}` ({', '.join([card['config']['adapter']['kind'], *_epochs(card)])})",
+            "params": " / ".join(f"{v:,} ({card['adapter_share_percent'][k]:.2f}%)"
+                                 for k, v in card["adapter_params"].items()),
+            **{sub: m[f"{sub}_only"]["miou"] for sub in ("rgb", "depth") if f"{sub}_only" in m}}
+
+
+def _dedicated_row(card: dict, sub: str) -> dict:
+    """Matrix row of a dedicated ``sub``-only network from its evaluated metrics."""
     ep = _epochs(card)
-    return f"`{card['name']}`, dedicated {sub}-only network" + (f" ({ep[0]})" if ep else "")
+    return {"method": card["name"],
+            "label": f"`{card['name']}`, dedicated {sub}-only network" + (f" ({ep[0]})" if ep else ""),
+            "params": f"{card['params']:,} (all)", sub: card["metrics"][f"{sub}_only"]["miou"]}
 
 
 def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -> tuple[list[dict], int]:
-    """mIoU of the frozen base without / with each adapter kind, and of the dedicated models, per subset."""
+    """mIoU of the frozen base without / with each adapter kind, and of the dedicated models, per subset.
+    The results go into each card's metrics (written unless ``limit``); the rows are built from them."""
     matrix: list[dict] = []
     datasets: dict = {}
 
@@ -243,63 +269,45 @@ def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -
             datasets[key] = _FullLabels(root, *key)
         return datasets[key]
 
-    base_row = None
+    base_miou = None
     for name in names:
         model, card = load_checkpoint(name)
         ds = ds_for(card)
-        if base_row is None:  # the frozen base (adapters off) once, with each modality missing
-            base_row = {"method": "base", "label": f"`{card['base']}`, modality missing, no adapter", "params": 0}
-            for sub, drop in (("both", None), ("rgb", DEPTH), ("depth", RGB)):
-                base_row[sub] = evaluate(model, ds, drop=drop, adapter=False, limit=limit, timing=False, flops=False,
-                                         desc=f"base {sub}")["miou"]
-            matrix.append(base_row)
-        row = {"method": card["name"], "label": _adapter_label(card),
-               "params": " / ".join(f"{v:,} ({card['adapter_share_percent'][k]:.2f}%)"
-                                    for k, v in card["adapter_params"].items())}
+        if base_miou is None:  # the frozen base (adapters off) once, with each modality missing
+            base_miou = {sub: evaluate(model, ds, drop=drop, adapter=False, limit=limit, timing=False, flops=False,
+                                       desc=f"base {sub}")["miou"]
+                         for sub, drop in (("both", None), ("rgb", DEPTH), ("depth", RGB))}
+            matrix.append(_base_row(card["base"], base_miou))
         for sub, drop in (("rgb", DEPTH), ("depth", RGB)):
             res = evaluate(model, ds, drop=drop, limit=limit, timing=False, flops=False, desc=f"{name} {sub}")
-            row[sub] = res["miou"]
             card.setdefault("metrics", {})[f"{sub}_only"] = {k: res[k] for k in ("miou", "pixel_acc")}
-        card["metrics"]["base_no_adapter"] = {k: base_row[k] for k in ("both", "rgb", "depth")}
+        card["metrics"]["base_no_adapter"] = dict(base_miou)
         if not limit:
             _card_path(name, card).write_text(json.dumps(card, indent=2) + "\n")
-        matrix.append(row)
+        matrix.append(_adapter_row(card))
     for name in dedicated:
         model, card = load_checkpoint(name)
         drop = card.get("trained_without")
         sub = {DEPTH: "rgb", RGB: "depth"}[drop]
         res = evaluate(model, ds_for(card), drop=drop, limit=limit, timing=False, flops=False, desc=name)
-        matrix.append({"method": name, "label": _dedicated_label(card, sub),
-                       "params": f"{card['params']:,} (all)", sub: res["miou"]})
         card.setdefault("metrics", {})[f"{sub}_only"] = {k: res[k] for k in ("miou", "pixel_acc")}
         if not limit:
             _card_path(name, card).write_text(json.dumps(card, indent=2) + "\n")
+        matrix.append(_dedicated_row(card, sub))
     return matrix, (limit or (len(next(iter(datasets.values()))) if datasets else 0))
 
 
 def robustness_from_cards(cards: list[dict]) -> list[dict]:
     """The robustness matrix rows (as :func:`robustness` returns them) from evaluated cards: the frozen base
     without adapters, each adapter kind, each dedicated single-modality model. Unevaluated cards are skipped."""
-    adapters = [c for c in cards if c.get("registry") == "adapted_rgbd" and "base_no_adapter" in c.get("metrics", {})]
-    order = ("lora", "ssf", "bitfit")
-    adapters.sort(key=lambda c: order.index(c["config"]["adapter"]["kind"]) if c["config"]["adapter"]["kind"]
-                  in order else len(order))
-    rows = []
-    if adapters:
-        base = adapters[0]["metrics"]["base_no_adapter"]
-        rows.append({"method": "base", "label": f"`{adapters[0]['base']}`, modality missing, no adapter",
-                     "params": 0, **base})
-    for c in adapters:
-        m = c["metrics"]
-        rows.append({"method": c["name"], "label": _adapter_label(c),
-                     "params": " / ".join(f"{v:,} ({c['adapter_share_percent'][k]:.2f}%)"
-                                          for k, v in c["adapter_params"].items()),
-                     **{sub: m[f"{sub}_only"]["miou"] for sub in ("rgb", "depth") if f"{sub}_only" in m}})
+    adapters = sort_adapter_cards([c for c in cards if c.get("registry") == "adapted_rgbd"
+                                   and "base_no_adapter" in c.get("metrics", {})])
+    rows = [_base_row(adapters[0]["base"], adapters[0]["metrics"]["base_no_adapter"])] if adapters else []
+    rows += [_adapter_row(c) for c in adapters]
     for c in cards:
         sub = {DEPTH: "rgb", RGB: "depth"}.get(c.get("trained_without"))
         if sub and f"{sub}_only" in c.get("metrics", {}):
-            rows.append({"method": c["name"], "label": _dedicated_label(c, sub),
-                         "params": f"{c['params']:,} (all)", sub: c["metrics"][f"{sub}_only"]["miou"]})
+            rows.append(_dedicated_row(c, sub))
     return rows
 
 

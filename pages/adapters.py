@@ -13,7 +13,7 @@ from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, draw_
                                overlay, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
 
 from fusion import inference, viz
-from fusion.evaluate import robustness_from_cards
+from fusion.evaluate import robustness_from_cards, sort_adapter_cards
 
 ensure_navigation_mode()
 
@@ -37,10 +37,7 @@ def main() -> None:
     adapters = [c for c in cards if c.get("registry") == "adapted_rgbd"]
     dedicated = [c for c in cards if inference.is_dedicated(c)]
     if adapters:
-        order = list(KIND_HELP)
-        by_kind = {c["config"]["adapter"]["kind"]: c for c in sorted(
-            adapters, key=lambda c: order.index(c["config"]["adapter"]["kind"]) if c["config"]["adapter"]["kind"]
-            in order else len(order))}
+        by_kind = {c["config"]["adapter"]["kind"]: c for c in sort_adapter_cards(adapters)}
         kind = sb.selectbox("Adapter kind", list(by_kind), key="miss_kind", format_func=lambda k: KIND_HELP.get(k, k))
         a_name, a_trained = by_kind[kind]["name"], True
     else:
