@@ -149,7 +149,13 @@ _NUM_RAW_CLASSES = 894
 
 _LAYOUT_DIRS = ("images", "depths", "labels40")
 _LAYOUT_FILES = ("train.txt", "test.txt")
-_SPLITS = ("train", "test")
+_SPLITS = ("train", "test", "val", "fit")
+# The project's validation split: 109 of the 795 official train frames, 18 whole scenes (contiguous runs of
+# train ids: every 7th run from the 4th). Every setting is chosen on it; "fit" (train minus val, 686 frames)
+# is what models are trained on; "test" is read once for the final tables. Same ids as ``val.txt`` in the
+# shared copy, embedded so a folder converted from the official .mat gets the same split.
+_VAL_RANGES = ("21-26 119-123 202-205 302-308 397-409 526-529 607-610 664-666 718-722 823-831 928-930 "
+               "1004-1008 1058-1073 1136-1142 1212-1214 1295 1356-1362 1433-1439")
 
 
 def _parse_ranges(spec: str) -> list[int]:
@@ -161,14 +167,21 @@ def _parse_ranges(spec: str) -> list[int]:
 
 
 def official_split(split: str) -> list[int]:
-    """The official NYUv2 split as sorted 0-based frame ids: ``"train"`` (795) or ``"test"`` (654)."""
+    """A split as sorted 0-based frame ids: the official ``"train"`` (795) / ``"test"`` (654), and the
+    project's ``"val"`` (109 train frames, whole scenes) and ``"fit"`` (train minus val, 686)."""
     if split not in _SPLITS:
         raise FusionError(f"unknown NYUv2 split {split!r}; expected one of {_SPLITS}")
     test = _parse_ranges(_TEST_RANGES)
     if split == "test":
         return test
+    if split == "val":
+        return _parse_ranges(_VAL_RANGES)
     test_set = set(test)
-    return [i for i in range(NUM_FRAMES) if i not in test_set]
+    train = [i for i in range(NUM_FRAMES) if i not in test_set]
+    if split == "fit":
+        val = set(_parse_ranges(_VAL_RANGES))
+        return [i for i in train if i not in val]
+    return train
 
 
 def num_train_classes(num_classes: int) -> int:
@@ -319,13 +332,17 @@ def _as_root(root: str | Path | None) -> Path:
 
 
 def read_split(root: str | Path | None, split: str) -> list[int]:
-    """0-based frame ids of ``split`` ("train" 795 / "test" 654) from ``root/{split}.txt``.
+    """0-based frame ids of ``split`` ("train" 795 / "test" 654 / "val" 109 / "fit" 686) from
+    ``root/{split}.txt``; "fit" is ``train.txt`` minus ``val.txt``.
 
-    Falls back to the embedded official split when ``root`` is None or has no split file.
+    Falls back to the embedded split when ``root`` is None or has no split file.
     """
     official = official_split(split)  # validates the name
     if root is None:
         return official
+    if split == "fit":
+        val = set(read_split(root, "val"))
+        return [i for i in read_split(root, "train") if i not in val]
     path = Path(root) / f"{split}.txt"
     if not path.is_file():
         return official
@@ -581,7 +598,7 @@ class NYUv2(Dataset):
         aug: AugmentConfig | None = None,
     ) -> None:
         """``root``: a folder layout (None: :func:`find_root`) or the official ``.mat`` file.
-        ``split``: "train" or "test". ``num_classes``: 40 (39 trained + ignore) or 13. ``size``: (H, W) of
+        ``split``: "train", "test", "val" or "fit" (train minus val). ``num_classes``: 40 (39 trained + ignore) or 13. ``size``: (H, W) of
         the items. ``ids``: a subset of the split's frame ids (e.g. for a quick run); default all of them.
         ``aug``: augmentation settings (default :class:`AugmentConfig`)."""
         super().__init__()
@@ -693,7 +710,7 @@ def _write_text_files(out: Path, n: int) -> list[str]:
     (out / "classes13.txt").write_text("\n".join(CLASS_NAMES_13) + "\n", encoding="utf-8")
     rows = [f"{k}\t{CLASS_NAMES_40[k]}\t{c}\t{CLASS_NAMES_13[c]}" for k, c in enumerate(MAP_40_TO_13)]
     (out / "map40to13.txt").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    for split in _SPLITS:
+    for split in ("train", "test", "val"):
         ids = [i for i in official_split(split) if i < n]
         (out / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids), encoding="utf-8")
     if n != NUM_FRAMES:

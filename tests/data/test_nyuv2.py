@@ -98,7 +98,17 @@ def test_official_split() -> None:
     assert sorted(train + test) == list(range(1449))
     assert test[:3] == [0, 1, 8] and train[:3] == [2, 3, 4]
     with pytest.raises(FusionError):
-        official_split("val")
+        official_split("validation")
+
+
+def test_validation_split_is_whole_scenes_held_out_of_train() -> None:
+    train, val, fit = official_split("train"), official_split("val"), official_split("fit")
+    assert len(val) == 109 and len(fit) == 686
+    assert set(val) <= set(train) and not set(val) & set(fit) and sorted(val + fit) == train
+    # whole scenes: every held-out run is a contiguous run of train ids (no train frame inside it is kept)
+    pos = {f: i for i, f in enumerate(train)}
+    runs = 1 + sum(pos[b] != pos[a] + 1 for a, b in zip(val, val[1:]))
+    assert runs == 18
 
 
 def test_builtin_894_to_40_mapping() -> None:

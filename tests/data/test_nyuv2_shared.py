@@ -40,6 +40,8 @@ def test_split_matches_official(root: Path) -> None:
     train, test = read_split(root, "train"), read_split(root, "test")
     assert len(train) == 795 and len(test) == 654
     assert train == official_split("train") and test == official_split("test")
+    assert read_split(root, "val") == official_split("val")  # the shared val.txt is the embedded split
+    assert read_split(root, "fit") == official_split("fit")
 
 
 def test_class_files_match_constants(root: Path) -> None:
