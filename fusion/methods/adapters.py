@@ -30,7 +30,9 @@ Typical use::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +40,23 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 KINDS = ("lora", "ssf", "bitfit")
+# The subset of the call in progress, when a caller chose one per call (:func:`use_subset`). A ContextVar,
+# not a module attribute: a model shared between threads (e.g. one cached for every app session) serves
+# concurrent calls with different subsets, each seeing its own.
+_CALL_SUBSET: ContextVar[tuple[str | None] | None] = ContextVar("adapter_call_subset", default=None)
+
+
+@contextmanager
+def use_subset(subset: str | None) -> Iterator[None]:
+    """Per-call adapter selection: inside the block every adapted layer applies ``subset``'s adapter (layers
+    without that key, and ``None``, run their base), whatever their ``active`` attribute says. Nothing is
+    written on the model, so concurrent calls in other threads are unaffected."""
+    token = _CALL_SUBSET.set((subset,))
+    try:
+        yield
+    finally:
+        _CALL_SUBSET.reset(token)
+
 # layer types each adapter kind can wrap (isinstance check)
 SUPPORTED: dict[str, tuple[type[nn.Module], ...]] = {
     "lora": (nn.Conv2d, nn.Linear),
@@ -214,8 +233,13 @@ class AdaptedLayer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Base output plus the active subset's adapter (base only when inactive or merged)."""
         y = self.base(x)
-        s = self._active
-        if s is None or self._merged is not None:
+        call = _CALL_SUBSET.get()
+        s = self._active if call is None else (call[0] if call[0] in self.subsets else None)
+        if self._merged is not None:
+            if call is not None and s != self._merged:
+                raise ValueError(f"layer is merged with subset {self._merged!r}; a call asked for {s!r}")
+            return y
+        if s is None:
             return y
         if self.kind == "lora":
             return y + self._lora_delta_out(x, s)
