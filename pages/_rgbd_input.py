@@ -1,9 +1,17 @@
 """Shared pieces of the RGB-D pages: the input (upload or NYUv2 test frame), cached decoding and drawing
 helpers, model loading. Every function that draws widgets takes the page's key prefix, so each page keeps
 its own widget state.
+
+An uploaded depth image is shown with the units it was read in and why; when auto-detection is unsure or
+the range is not plausible indoors, a warning next to the depth picture offers the choice, and the models
+get the depth only once it is plausible or the user has said to use it anyway. An all-black depth image
+gives a warning and an RGB-only result; a depth image of another aspect ratio is cropped or resized (the
+user's choice) with a note saying what was done.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,14 +26,10 @@ from fusion.types import FusionError
 
 TASK = "rgbd_seg"
 WORK_SIDE = 640  # longer side above which inputs are shrunk (the models run at 240x320 anyway)
-UNIT_LABELS = {
-    "auto": "auto-detect",
-    "u8_nyu": "8-bit PNG, NYUv2 (m × 25.5)",
-    "mm16": "16-bit PNG, millimetres",
-    "sunrgbd": "16-bit PNG, SUN RGB-D",
-    "m_npy": ".npy, metres",
-    "mm_npy": ".npy, millimetres",
-}
+UNIT_LABELS = dict(upload.DEPTH_UNITS_LABEL)  # units key -> what people read (never the key alone)
+FIT_LABELS = {"crop": "Crop: cut the depth image's centre to the colour image's shape",
+              "resize": "Resize: stretch the whole depth image to the colour image"}
+DEFAULT_FIT = "crop"  # keeps shapes undistorted; the page says what was cut
 RGB_TYPES = ["png", "jpg", "jpeg", "bmp", "webp", "tif", "tiff"]
 DEPTH_TYPES = ["png", "tif", "tiff", "npy"]
 
@@ -119,9 +123,10 @@ def decode_rgb(data: bytes) -> np.ndarray:
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
-def decode_depth(data: bytes, filename: str, units: str) -> tuple[np.ndarray, dict]:
-    depth, info = upload.decode_depth(data, filename, units=units)
-    return depth, {k: getattr(info, k) for k in ("units", "detected", "hole_fraction", "min_m", "max_m", "notes")}
+def decode_depth(data: bytes, filename: str, units: str, scale_m: float | None = None) -> tuple[np.ndarray, dict]:
+    """The decoded depth (metres) and :class:`fusion.data.upload.DepthInfo` as a dict (candidates as dicts)."""
+    depth, info = upload.decode_depth(data, filename, units=units, scale_m=scale_m)
+    return depth, dataclasses.asdict(info)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)
@@ -216,12 +221,34 @@ def sidebar(prefix: str) -> dict:
 
 
 @dataclass
+class DepthPanel:
+    """What the depth column shows, under the depth picture, about an uploaded depth image: the units in
+    use and why, a warning when they need the user's eye, and the choices offered there."""
+
+    prefix: str
+    info: dict | None  # the decoding in use (DepthInfo as a dict); None when the depth image had no valid pixel
+    used: bool  # the models get this depth
+    preview: np.ndarray | None = None  # the decoded depth, drawn when the models do not get it
+    warning: str | None = None  # plain words: what the user must know about this depth image
+    pick: list[dict] = dataclasses.field(default_factory=list)  # candidate readings offered (empty: no choice)
+    offer_accept: bool = False  # offer "use the depth image anyway" (implausible range)
+    fit: str | None = None  # "crop" / "resize" when the depth image's aspect ratio differs from the colour image's
+    fit_note: str | None = None  # what that did
+
+
+@dataclass
 class Frame:
     rgb: np.ndarray
     depth: np.ndarray | None
     label40: np.ndarray | None
     title: str
     notes: list[str]
+    depth_panel: DepthPanel | None = None  # an uploaded depth image's units, warnings and choices
+
+
+def unit_label(units: str) -> str:
+    """The label people see for a units key."""
+    return UNIT_LABELS.get(units, units)
 
 
 def read_input(opts: dict) -> Frame | None:
@@ -240,41 +267,160 @@ def read_input(opts: dict) -> Frame | None:
     f_depth = c2.file_uploader("Depth map (optional)", type=DEPTH_TYPES, key=f"{prefix}_depth_file",
                                help="Same scene and camera as the photo. Holes (0) stay holes.")
     units = c3.selectbox(
-        "Depth units", list(upload.DEPTH_UNITS), format_func=lambda u: UNIT_LABELS.get(u, u),
-        key=f"{prefix}_depth_units",
-        help="\n".join(f"- **{UNIT_LABELS.get(u, u)}**: {h}" for u, h in upload.DEPTH_UNITS_HELP.items()),
+        "Depth units", list(upload.DEPTH_UNITS), format_func=unit_label, key=f"{prefix}_depth_units",
+        help="\n".join(f"- **{unit_label(u)}**: {h}" for u, h in upload.DEPTH_UNITS_HELP.items()),
+    )
+    scale = c3.number_input(
+        "Metres per unit", min_value=1e-6, max_value=10.0, value=0.001, step=0.0001, format="%g",
+        key=f"{prefix}_depth_scale", disabled=units != "scale",
+        help="Used with the units “custom metres per unit”: metres = stored value × this number "
+             "(0.001 for millimetres, 0.0001 for 0.1 mm, 0.000125 for 1/8 mm, 0.0392 for 8-bit NYU).",
     )
     if f_rgb is None:
         st.info("Upload an RGB image (and, ideally, its depth map) to segment it"
                 + (", or pick “NYUv2 test frame” in the sidebar." if opts["root"] else "."))
         return None
     rgb = decode_rgb(f_rgb.getvalue())
-    depth, notes = None, []
+    depth, panel = None, None
     if f_depth is not None:
-        depth, info = decode_depth(f_depth.getvalue(), f_depth.name, units)
-        notes.append(depth_info_text(info))
-    return Frame(rgb, depth, None, f_rgb.name, notes)
+        depth, panel = read_depth(prefix, f_depth.getvalue(), f_depth.name, units,
+                                  float(scale) if units == "scale" else None, rgb.shape)
+    return Frame(rgb, depth, None, f_rgb.name, [], panel)
+
+
+def _forget_choices_for_a_new_file(prefix: str, data: bytes) -> None:
+    """A new depth file starts with the auto-detected units and without "use anyway" ticked (read before
+    the widgets are drawn, so their state may still be dropped)."""
+    digest = hashlib.blake2b(data, digest_size=16).hexdigest()
+    if st.session_state.get(f"{prefix}_depth_digest") != digest:
+        for key in (f"{prefix}_depth_pick", f"{prefix}_depth_accept"):
+            st.session_state.pop(key, None)
+        st.session_state[f"{prefix}_depth_digest"] = digest
+
+
+def read_depth(prefix: str, data: bytes, name: str, units: str, scale_m: float | None,
+               rgb_shape: tuple[int, ...]) -> tuple[np.ndarray | None, DepthPanel]:
+    """Decode an uploaded depth image for the models, or leave it out, and say why next to its picture.
+
+    The choices drawn by :func:`show_input` (which reading, "use anyway", crop or resize) are read here
+    from the session state of the previous run. The models get the depth only when its range is plausible
+    or the user ticked "use anyway" after being told; an all-zero depth image is left out with a warning.
+    """
+    _forget_choices_for_a_new_file(prefix, data)
+    try:
+        depth, info = decode_depth(data, name, units, scale_m)
+    except upload.EmptyDepthError:
+        return None, DepthPanel(prefix, None, used=False, warning=(
+            "The depth image has no valid pixel (it is all black: every value is 0), so it was left out: "
+            "the models ran on the colour image only."))
+    auto = info if info["detected"] else None
+    pick: list[dict] = []
+    if auto is not None and auto["ambiguous"]:
+        pick = list(auto["candidates"])
+        chosen = st.session_state.get(f"{prefix}_depth_pick")
+        if chosen != info["units"] and chosen in {c["units"] for c in pick}:
+            try:
+                depth, info = decode_depth(data, name, chosen)
+                info = {**info, "picked": True}
+            except FusionError:  # a candidate that does not fit after all: stay with the detected units
+                pass
+    accepted = bool(st.session_state.get(f"{prefix}_depth_accept", False))
+    used = bool(info["plausible"]) or accepted
+
+    parts = []
+    if auto is not None and auto["warning"]:
+        parts.append(auto["warning"])
+    if info is not auto and info["warning"]:
+        parts.append(info["warning"])
+    if not used:
+        parts.append("So the models ran on the colour image only: pick other units"
+                     + (" below" if pick else " under “Depth units”")
+                     + ", or tick “Use the depth image anyway”.")
+    elif not info["plausible"]:
+        parts.append(f"You chose to use it anyway as **{unit_label(info['units'])}**: the predictions may suffer.")
+    elif pick:
+        parts.append(f"Now using **{unit_label(info['units'])}**.")
+    panel = DepthPanel(prefix, info, used=used, warning=" ".join(parts) or None, pick=pick,
+                       offer_accept=not info["plausible"])
+    if not used:
+        panel.preview = depth
+        return None, panel
+    if upload.aspects_differ(depth.shape, rgb_shape):
+        fit = st.session_state.get(f"{prefix}_depth_fit", DEFAULT_FIT)
+        panel.fit = fit if fit in upload.DEPTH_FITS else DEFAULT_FIT
+        depth, panel.fit_note = upload.match_depth_to_rgb(depth, rgb_shape, fit=panel.fit)
+    return depth, panel
 
 
 def depth_info_text(info: dict) -> str:
-    how = "auto-detected" if info["detected"] else "as chosen"
-    text = (f"Depth read as **{UNIT_LABELS.get(info['units'], info['units'])}** ({how}): "
-            f"{info['min_m']:.2f}–{info['max_m']:.2f} m, {info['hole_fraction'] * 100:.1f}% holes.")
-    extra = [str(n) for n in info["notes"] if not str(n).startswith("auto-detected")]
+    """One line: the units in use (for people), how they were chosen, the range and the holes."""
+    if info["detected"]:
+        how = "auto-detected"
+    elif info.get("picked"):
+        how = "picked from the possible readings"
+    elif info["units"] == "scale":
+        per_unit = np.format_float_positional(info["scale_m"], precision=3, fractional=False, trim="-")
+        how = f"{per_unit} m per stored unit"
+    else:
+        how = "as chosen"
+    text = (f"Depth read as **{unit_label(info['units'])}** ({how}): {info['min_m']:.2f}–{info['max_m']:.2f} m, "
+            f"median {info.get('median_m', 0.0):.2f} m, {info['hole_fraction'] * 100:.1f}% holes.")
+    warning = str(info.get("warning") or "")
+    extra = [str(n) for n in info["notes"] if not str(n).startswith("auto-detected") and str(n) not in warning]
     return text + (" " + "; ".join(extra) if extra else "")
 
 
+def _candidate_text(c: dict) -> str:
+    fits = "" if c["plausible"] else " — not a plausible indoor range"
+    return f"{c['label']}: {c['min_m']:.2f}–{c['max_m']:.2f} m, median {c['median_m']:.2f} m{fits}"
+
+
+def draw_depth_panel(panel: DepthPanel) -> None:
+    """Under the depth picture: the units in use and why, the warning, and the choices (unique keys)."""
+    p = panel.prefix
+    if panel.info is not None:
+        st.markdown(depth_info_text(panel.info))
+        if panel.info["detected"]:
+            st.caption(f"Why: {panel.info['why']}.")
+    if panel.warning:
+        st.warning(panel.warning)
+    if panel.pick:
+        options = [c["units"] for c in panel.pick]
+        labels = {c["units"]: _candidate_text(c) for c in panel.pick}
+        st.radio("Read the depth image as", options, index=0, key=f"{p}_depth_pick", format_func=labels.get,
+                 help="The readings auto-detection weighed, most plausible first. Pick the encoding your camera "
+                      "or data set writes.")
+    if panel.offer_accept:
+        st.checkbox("Use the depth image anyway", key=f"{p}_depth_accept",
+                    help="Give the models this depth even though its range does not look like an indoor scene.")
+    if panel.fit is not None:
+        st.radio("The depth image has another shape than the colour image", list(upload.DEPTH_FITS),
+                 index=list(upload.DEPTH_FITS).index(DEFAULT_FIT), key=f"{p}_depth_fit",
+                 format_func=FIT_LABELS.get, help="How the depth image is brought to the colour image's size.")
+        if panel.fit_note:
+            st.caption(panel.fit_note[0].upper() + panel.fit_note[1:] + ".")
+
+
 def show_input(frame: Frame, rgb: np.ndarray, depth: np.ndarray | None, notes: list[str], no_depth_text: str) -> None:
-    """The input row: photo, depth picture, notes."""
+    """The input row: photo, depth picture (with the units, warnings and choices of an upload), notes."""
     st.subheader(f"Input · {frame.title}")
     c_rgb, c_depth, c_notes = st.columns(3)
     c_rgb.image(rgb, caption=f"RGB {rgb.shape[1]}×{rgb.shape[0]}", width="stretch")
-    if depth is not None:
-        pic, lo, hi, holes = depth_picture(depth)
-        c_depth.image(pic, width="stretch",
-                      caption=f"depth: blue {lo:.1f} m → red {hi:.1f} m; black = no reading ({holes * 100:.1f}%)")
-    else:
-        c_depth.info(no_depth_text)
+    panel = frame.depth_panel
+    with c_depth:
+        if depth is not None:
+            pic, lo, hi, holes = depth_picture(depth)
+            st.image(pic, width="stretch",
+                     caption=f"depth: blue {lo:.1f} m → red {hi:.1f} m; black = no reading ({holes * 100:.1f}%)")
+        elif panel is not None and panel.preview is not None:
+            pic, lo, hi, _ = depth_picture(panel.preview)
+            st.image(pic, width="stretch",
+                     caption=f"the depth image, not given to the models: blue {lo:.1f} m → red {hi:.1f} m")
+            st.caption(no_depth_text)
+        else:
+            st.info(no_depth_text)
+        if panel is not None:
+            draw_depth_panel(panel)
     with c_notes:
         for n in notes:
             st.markdown(n)
