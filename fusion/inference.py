@@ -1,4 +1,4 @@
-"""What the pages call: list and load checkpoints, segment one RGB-D pair, measure its cost.
+"""What the pages call: list, pick and load checkpoints, segment one RGB-D pair, measure its cost.
 
 Everything here takes and returns NumPy arrays at the user's resolution; resizing to the model's input
 size (240x320 by default) and back happens here, once.
@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -16,7 +16,11 @@ import torch.nn.functional as F
 
 from fusion.checkpoints import ASSETS, list_cards
 from fusion.checkpoints import load_checkpoint as _load
+from fusion.compute import Timing, time_interleaved
+from fusion.methods.sparse import TOPK_MODES, WINDOW_MODES
 from fusion.types import DEPTH, RGB, FusionError, SegmentationOutput
+
+STATIC_FUSION = "static_rgbd"  # the card the pages call "the static fusion model" whenever it is shipped
 
 
 @dataclass
@@ -26,7 +30,7 @@ class SegResult:
     labels: np.ndarray  # (H, W) int class ids at the RGB's resolution (0..C-1 in the training label set)
     out: SegmentationOutput  # the model's typed output at model resolution
     flops: float | None  # FLOPs spent on this input (FlopCounterMode on the path that ran)
-    ms: float  # wall time of the forward (median of `repeats` timed runs, no counter attached)
+    ms: float | None  # wall time of the forward (median of `repeats` timed runs, no counter); None: not timed
     branch: int | None = None  # DynMM: branch taken (k = depth fused into the first k stages)
     gate_probs: list[float] | None = None  # DynMM: gate probabilities over branches 0..4
     present: tuple[str, ...] = ()
@@ -36,12 +40,23 @@ class SegResult:
     iter_labels: dict[int, np.ndarray] = field(default_factory=dict)  # DEQ: prediction at kept solver iterations
 
 
-def list_checkpoints(task: str = "rgbd_seg", root: Path = ASSETS) -> list[dict[str, Any]]:
-    """Model cards of the shipped checkpoints of ``task`` (empty when none are there)."""
+def list_checkpoints(task: str = "rgbd_seg", root: Path = ASSETS, *, include_controls: bool = False
+                     ) -> list[dict[str, Any]]:
+    """Model cards of the shipped checkpoints of ``task`` (empty when none are there).
+
+    Controls (cards with ``control_for``: a baseline trained for the same extra epochs as a method, kept as
+    evidence for ``fusion.evaluate``) are not models to offer on the pages: left out unless
+    ``include_controls``."""
     try:
-        return list_cards(task, root)
+        cards = list_cards(task, root)
     except FusionError:
         return []
+    return [c for c in cards if include_controls or not is_control(c)]
+
+
+def is_control(card: dict[str, Any]) -> bool:
+    """True for a control checkpoint (its card names the method it controls for under ``control_for``)."""
+    return bool(card.get("control_for"))
 
 
 def is_dedicated(card: dict[str, Any]) -> bool:
@@ -49,6 +64,23 @@ def is_dedicated(card: dict[str, Any]) -> bool:
     shares its registry name with the fusion model but is not one, so pages that show fusion skip it."""
     mods = (card.get("config") or {}).get("modalities") if isinstance(card.get("config"), dict) else None
     return bool(card.get("trained_without")) or (isinstance(mods, (list, tuple)) and len(mods) == 1)
+
+
+def preferred_card(cards: Iterable[dict[str, Any]], name: str = STATIC_FUSION) -> dict[str, Any] | None:
+    """The card to show as *the* model of a kind among ``cards`` (e.g. every static-fusion card): the one
+    named exactly ``name`` when it is there; else the first not marked ``superseded``; else the first.
+    Dedicated single-modality baselines and controls are never picked; None when nothing is left."""
+    usable = [c for c in cards if not is_dedicated(c) and not is_control(c)]
+    exact = [c for c in usable if c.get("name") == name]
+    current = [c for c in usable if not c.get("superseded")]
+    return (exact or current or usable or [None])[0]
+
+
+def keep_ratio_applies(pool: str, window: tuple[int, int] | list[int] | None) -> bool:
+    """Whether sparse pooling mode ``pool`` reads ``keep_ratio``: the top-k and random modes keep
+    ``keep_ratio`` of the tokens; the window modes only when no fixed window is configured (the window is
+    then sized from the ratio); ``none`` (dense) never."""
+    return pool in TOPK_MODES or (pool in WINDOW_MODES and window is None)
 
 
 def load_checkpoint(name: str, root: Path = ASSETS) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -78,16 +110,9 @@ def to_tensors(rgb: np.ndarray, depth_m: np.ndarray | None, size: tuple[int, int
     return inputs
 
 
-@torch.no_grad()
-def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None, *, size: tuple[int, int] | None = None,
-            count_flops: bool = True, repeats: int = 3, force_branch: int | None = None, drop_rgb: bool = False,
-            **opts) -> SegResult:
-    """Segment one RGB(-D) input; FLOPs counted on the executed path, time measured without the counter.
-
-    ``size``: model input (H, W); default :func:`model_size` of the RGB (aspect ratio kept, ~240x320).
-    ``drop_rgb``: remove the photo (models that accept depth alone). ``opts``: the model's per-call method
-    settings (sparse ``pool`` / ``keep_ratio``; DEQ ``solver`` / ``max_iter`` / ``tol`` / ``keep_states_at``;
-    adapted ``adapter``)."""
+def _prepared(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None, size: tuple[int, int] | None,
+              force_branch: int | None, drop_rgb: bool, opts: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Model inputs and call options for one forward (shared by :func:`segment` and :func:`forward_call`)."""
     inputs = to_tensors(rgb, depth_m, size or model_size(rgb.shape[:2]))
     if drop_rgb:
         if DEPTH not in inputs:
@@ -96,14 +121,32 @@ def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None,
     kw = dict(opts)
     if getattr(model, "dynamic", False):
         kw["force_branch"] = force_branch
+    return inputs, kw
+
+
+@torch.no_grad()
+def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None, *, size: tuple[int, int] | None = None,
+            count_flops: bool = True, repeats: int = 3, force_branch: int | None = None, drop_rgb: bool = False,
+            **opts) -> SegResult:
+    """Segment one RGB(-D) input; FLOPs counted on the executed path, time measured without the counter.
+
+    ``size``: model input (H, W); default :func:`model_size` of the RGB (aspect ratio kept, ~240x320).
+    ``repeats``: timed runs after one warm-up (median in ``ms``); 0 = not timed here (``ms`` None), e.g.
+    when the caller times several models against each other with :func:`time_forwards`.
+    ``drop_rgb``: remove the photo (models that accept depth alone). ``opts``: the model's per-call method
+    settings (sparse ``pool`` / ``keep_ratio``; DEQ ``solver`` / ``max_iter`` / ``tol`` / ``keep_states_at``;
+    adapted ``adapter``)."""
+    inputs, kw = _prepared(model, rgb, depth_m, size, force_branch, drop_rgb, opts)
     out = model(inputs, count_flops=count_flops, **kw)
     kw.pop("keep_states_at", None)
-    model(inputs, **kw)  # warm-up
     times = []
-    for _ in range(max(1, repeats)):
-        t = time.perf_counter()
-        model(inputs, **kw)
-        times.append((time.perf_counter() - t) * 1e3)
+    if repeats > 0:
+        model(inputs, **kw)  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            model(inputs, **kw)
+            times.append((time.perf_counter() - t) * 1e3)
+
     def labels_of(lg: torch.Tensor) -> np.ndarray:
         return F.interpolate(lg, size=rgb.shape[:2], mode="bilinear", align_corners=False).argmax(1)[0].numpy(
         ).astype(np.int32)
@@ -111,7 +154,31 @@ def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None,
     return SegResult(labels=labels_of(out.logits), out=out, fusion_flops=out.extras.get("fusion_flops"),
                      fusion_bytes=out.extras.get("fusion_bytes"),
                      iter_labels={t: labels_of(lg) for t, lg in out.extras.get("iter_logits", {}).items()},
-                     flops=None if out.flops is None else float(out.flops[0]), ms=float(np.median(times)),
+                     flops=None if out.flops is None else float(out.flops[0]),
+                     ms=float(np.median(times)) if times else None,
                      branch=None if out.branch is None else int(out.branch[0]),
                      gate_probs=None if out.gate_probs is None else [float(p) for p in out.gate_probs[0]],
                      present=out.present, notes=list(out.notes))
+
+
+def forward_call(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None, *,
+                 size: tuple[int, int] | None = None, force_branch: int | None = None, drop_rgb: bool = False,
+                 **opts) -> Callable[[], SegmentationOutput]:
+    """A zero-argument forward of ``model`` on this input, as :func:`segment` runs it but without the FLOP
+    counter or kept iterates: the thing :func:`time_forwards` times. Inputs are prepared once, here."""
+    inputs, kw = _prepared(model, rgb, depth_m, size, force_branch, drop_rgb, opts)
+    kw.pop("keep_states_at", None)
+
+    def call() -> SegmentationOutput:
+        with torch.no_grad():
+            return model(inputs, **kw)
+
+    return call
+
+
+def time_forwards(calls: Mapping[str, Callable[[], Any]], *, warmup: int = 1, repeats: int = 5
+                  ) -> dict[str, Timing]:
+    """Time the forwards of :func:`forward_call` against each other: one warm-up each, then ``repeats``
+    rounds with the models alternating (:func:`fusion.compute.time_interleaved`); median and spread per
+    name."""
+    return time_interleaved(calls, warmup=warmup, repeats=repeats)

@@ -234,6 +234,33 @@ def legend_html(entries: Iterable[LegendEntry], *, show_fraction: bool = True) -
     return '<div style="line-height:1.4">' + "".join(chips) + "</div>"
 
 
+def map_legend_html(
+    labels: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    min_fraction: float = 0.01,
+    max_entries: int = 8,
+    ignore_index: int = IGNORE_INDEX,
+) -> str:
+    """The legend of one label map: a chip per class with its share of the map's labelled pixels, largest
+    first; classes below ``min_fraction`` or past ``max_entries`` are summed into one "+n more" chip.
+
+    The snippet carries the class ``fx-legend`` (one per map) so tests can count legends.
+    """
+    entries = legend_entries(labels, class_names, ignore_index=ignore_index)
+    shown = [e for e in entries if e.fraction >= min_fraction][: max(0, max_entries)]
+    ids = {e.class_id for e in shown}
+    rest = [e for e in entries if e.class_id not in ids]
+    body = legend_html(shown, show_fraction=True)
+    if rest:
+        share = sum(e.fraction for e in rest) * 100
+        body += (f'<span style="font-size:0.8em;opacity:0.7">+{len(rest)} more class'
+                 f'{"es" if len(rest) != 1 else ""} ({share:.1f}%)</span>')
+    if not entries:
+        body = '<span style="font-size:0.8em;opacity:0.7">no labelled pixels</span>'
+    return f'<div class="fx-legend">{body}</div>'
+
+
 # --------------------------------------------------------------------------- comparisons
 
 
@@ -243,6 +270,60 @@ def changed_mask(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if a.shape != b.shape:
         raise ValueError(f"label maps differ in shape: {a.shape} vs {b.shape}")
     return a != b
+
+
+@dataclass(frozen=True)
+class LabelChange:
+    """Pixels that one label map calls ``before`` and another calls ``after``."""
+
+    before_id: int
+    before: str
+    after_id: int
+    after: str
+    fraction: float  # share of all pixels of the image
+
+
+def label_changes(
+    before: np.ndarray,
+    after: np.ndarray,
+    class_names: Sequence[str] | None = None,
+    *,
+    top: int = 5,
+    min_fraction: float = 0.0,
+) -> list[LabelChange]:
+    """What changed into what between two label maps of one shape, largest pixel share first.
+
+    Each entry is one (before class, after class) pair with the share of *all* the image's pixels that
+    moved from the first to the second ("sofa → bed, 12% of the image"); at most ``top`` pairs, pairs below
+    ``min_fraction`` dropped. Ids outside 0..255 count as one "other" id (-1).
+    """
+    a = np.asarray(before).astype(np.int64)
+    b = np.asarray(after).astype(np.int64)
+    if a.shape != b.shape:
+        raise ValueError(f"label maps differ in shape: {a.shape} vs {b.shape}")
+    if a.size == 0:
+        return []
+    a = np.where((a < 0) | (a > 255), 256, a).ravel()
+    b = np.where((b < 0) | (b > 255), 256, b).ravel()
+    moved = a != b
+    counts = np.bincount(a[moved] * 257 + b[moved], minlength=257 * 257)
+    order = np.argsort(-counts, kind="stable")
+    out: list[LabelChange] = []
+
+    def name(cid: int) -> str:
+        if cid == 256:
+            return "other"
+        if cid == IGNORE_INDEX:
+            return "unlabelled"
+        return str(class_names[cid]) if class_names is not None and cid < len(class_names) else f"class {cid}"
+
+    for code in order[: max(0, top)]:
+        frac = counts[code] / a.size
+        if counts[code] == 0 or frac < min_fraction:
+            break
+        i, j = divmod(int(code), 257)
+        out.append(LabelChange(-1 if i == 256 else i, name(i), -1 if j == 256 else j, name(j), float(frac)))
+    return out
 
 
 def change_image(rgb: np.ndarray, mask: np.ndarray, *, color=(255, 0, 255), dim: float = 0.35) -> np.ndarray:
@@ -379,30 +460,39 @@ def gate_probs_figure(probs: Sequence[float], chosen: int | None = None, *, n_st
     return fig
 
 
-def compute_figure(rows: Sequence[dict]) -> go.Figure:
-    """Side-by-side bars of measured GFLOPs and milliseconds, one bar per row.
+def compute_figure(rows: Sequence[dict], *, time_noisy: bool = False) -> go.Figure:
+    """Side-by-side bars of measured GFLOPs (first: exact) and milliseconds (second: a noisy sample).
 
-    Each row is a dict with ``name``, ``flops`` (float or None) and ``ms``
-    (float or None); unknown values are drawn as missing bars.
+    Each row is a dict with ``name``, ``flops`` (float or None) and ``ms`` (float or None: the median);
+    optional ``ms_lo`` / ``ms_hi`` draw the time's spread (e.g. the IQR) as an error bar. Unknown values
+    are missing bars. ``time_noisy`` says so in the time panel's title.
     """
     names = [str(r["name"]) for r in rows]
     gf = [None if r.get("flops") is None else float(r["flops"]) / 1e9 for r in rows]
     ms = [None if r.get("ms") is None else float(r["ms"]) for r in rows]
+    lo = [None if r.get("ms_lo") is None or m is None else max(0.0, m - float(r["ms_lo"])) for r, m in zip(rows, ms)]
+    hi = [None if r.get("ms_hi") is None or m is None else max(0.0, float(r["ms_hi"]) - m) for r, m in zip(rows, ms)]
     palette = ["#5b8def", "#e4572e", "#76b041", "#ffc914", "#8e6c8a"]
     colors = [palette[i % len(palette)] for i in range(len(rows))]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("GFLOPs (measured)", "forward time (ms)"))
+    t_title = "forward time (ms) — noisy" if time_noisy else "forward time (ms, median · IQR)"
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("GFLOPs (measured, exact)", t_title))
     fig.add_trace(
         go.Bar(x=names, y=gf, marker_color=colors, text=[_fmt(v, 2) for v in gf], textposition="outside",
                hovertemplate="%{x}: %{y:.3f} GFLOPs<extra></extra>"),
         row=1, col=1,
     )
+    err = None
+    if any(v is not None for v in lo + hi):
+        err = dict(type="data", symmetric=False, array=[v or 0.0 for v in hi], arrayminus=[v or 0.0 for v in lo],
+                   color="#333", thickness=1.2, width=6)
     fig.add_trace(
-        go.Bar(x=names, y=ms, marker_color=colors, text=[_fmt(v, 1) for v in ms], textposition="outside",
-               hovertemplate="%{x}: %{y:.1f} ms<extra></extra>"),
+        go.Bar(x=names, y=ms, marker_color=colors, text=[_fmt(v, 0) for v in ms], textposition="inside",
+               error_y=err, opacity=0.55 if time_noisy else 1.0,
+               hovertemplate="%{x}: median %{y:.1f} ms<extra></extra>"),
         row=1, col=2,
     )
-    for col, vals in ((1, gf), (2, ms)):
-        top = max([v for v in vals if v is not None] or [1.0])
+    tops = [m + (h or 0.0) for m, h in zip(ms, hi) if m is not None]
+    for col, top in ((1, max([v for v in gf if v is not None] or [1.0])), (2, max(tops or [1.0]))):
         fig.update_yaxes(range=[0, top * 1.2 if top > 0 else 1.0], row=1, col=col)
     fig.update_layout(height=300, showlegend=False, margin=dict(l=40, r=10, t=40, b=40))
     return fig
@@ -524,4 +614,109 @@ def robustness_figure(methods: Sequence[str], subsets: Sequence[str], miou: Sequ
                                hovertemplate="%{y} · %{x}: %{z:.2f}<extra></extra>"))
     fig.update_layout(height=80 + 45 * len(methods), margin=dict(l=10, r=10, t=20, b=40),
                       yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def iterations_run(kept: Sequence[int], nstep: int) -> list[int]:
+    """The iterations a "prediction at iteration t" control offers: the kept iterations the solver actually
+    reached (< ``nstep``) and ``nstep`` itself, where it stopped (at least 1)."""
+    n = max(1, int(nstep))
+    return sorted({int(k) for k in kept if 1 <= int(k) < n} | {n})
+
+
+# --------------------------------------------------------------------------- model cards
+
+CARD_LABELS: dict[str, str] = {
+    "name": "checkpoint", "title": "title", "task": "task", "method": "method", "registry": "architecture",
+    "base": "frozen base checkpoint", "trained_without": "trained without", "control_for": "control for",
+    "superseded": "superseded", "data": "data", "licence": "licence", "split": "split",
+    "selected_on": "settings chosen on", "input_size": "input size (H × W)", "num_classes": "output classes",
+    "params": "parameters", "adapter_params": "adapter parameters", "adapter_share_percent": "adapter share",
+    "training": "training", "metrics": "metrics", "command": "reproduce with",
+    # training.*
+    "steps": "steps", "seconds": "seconds", "world_size": "processes", "epochs": "epochs",
+    "batch_size": "batch size", "lr": "learning rate", "seed": "seed", "init": "initialised from",
+    "resource_weight": "resource-loss weight λ", "hardware": "hardware", "code": "code", "data_note": "data note",
+    # metrics.*
+    "miou": "mIoU (%)", "pixel_acc": "pixel accuracy (%)", "frames": "frames", "mean_gflops": "mean GFLOPs",
+    "mean_ms": "mean ms", "median_ms": "median ms", "fusion_gflops": "fusion-stage GFLOPs",
+    "no_depth": "without depth", "rgb_only": "RGB only", "depth_only": "depth only",
+    "base_no_adapter": "base without adapters", "dense_variant": "dense variant (pool=none)",
+    "tokens": "tokens", "before": "before pooling", "after": "after pooling", "pool": "pooling",
+    "keep_ratio": "keep ratio", "measured_by": "measured by", "env": "measured on",
+}
+CARD_SKIP = ("config", "weights", "per_class_iou", "per_class")  # bulky or internal fields
+
+
+def _card_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.4g}" if abs(v) < 1e6 else f"{v:,.0f}"
+    if isinstance(v, (list, tuple)):
+        return " × ".join(_card_value(x) for x in v) if len(v) <= 4 and all(
+            isinstance(x, (int, float)) for x in v) else ", ".join(_card_value(x) for x in v)
+    return str(v)
+
+
+def card_rows(card: dict, *, max_depth: int = 3) -> list[tuple[str, str]]:
+    """A model card flattened to (field, value) rows with human labels, for a table.
+
+    Nested sections become "section · field" (``metrics.no_depth.miou`` -> "metrics · without depth ·
+    mIoU (%)"); the model config, the weights file and per-class lists are left out; None values are
+    skipped. Unknown keys keep their name with underscores as spaces.
+    """
+    rows: list[tuple[str, str]] = []
+
+    def label(key: str) -> str:
+        return CARD_LABELS.get(key, key.replace("_", " "))
+
+    def walk(d: dict, prefix: str, depth: int) -> None:
+        for k, v in d.items():
+            if k in CARD_SKIP or v is None or v == {} or v == []:
+                continue
+            lab = f"{prefix}{label(str(k))}"
+            if isinstance(v, dict):
+                if depth < max_depth:
+                    walk(v, lab + " · ", depth + 1)
+                else:
+                    rows.append((lab, ", ".join(f"{label(str(a))}: {_card_value(b)}" for a, b in v.items())))
+            elif isinstance(v, (list, tuple)) and len(v) > 12:
+                rows.append((lab, f"{len(v)} values"))
+            else:
+                rows.append((lab, _card_value(v)))
+
+    walk(card, "", 1)
+    return rows
+
+
+def pareto_figure(res: dict) -> go.Figure:
+    """DynMM's evidence (the dict ``fusion.ablations.dynmm_pareto`` returns): test mIoU vs measured GFLOPs
+    for every fixed branch (the line), each gate budget, a random router with each gate's branch mix
+    (mean ± std), the static model and its equal-training control."""
+    fig = go.Figure()
+    fixed = sorted(res.get("fixed", []), key=lambda f: f["gflops"])
+    fig.add_trace(go.Scatter(x=[f["gflops"] for f in fixed], y=[f["miou"] for f in fixed], mode="lines+markers+text",
+                             text=[f"k={f['branch']}" for f in fixed], textposition="bottom right",
+                             name="fixed branch k (forced)", line={"color": "#888"}))
+    gates = res.get("gates", [])
+    if gates:
+        fig.add_trace(go.Scatter(
+            x=[g["mean_gflops"] for g in gates], y=[g["random_router"]["miou_mean"] for g in gates],
+            error_y={"type": "data", "array": [g["random_router"]["miou_std"] for g in gates]},
+            mode="markers", marker={"symbol": "square", "color": "#e69f00", "size": 9},
+            name="random router, same branch mix"))
+        fig.add_trace(go.Scatter(
+            x=[g["mean_gflops"] for g in gates], y=[g["miou"] for g in gates], mode="markers+text",
+            text=[g["name"] for g in gates], textposition="top left",
+            marker={"color": "#0072b2", "size": 12}, name="DynMM gate"))
+    for key, color, label in (("static", "#009e73", "static base"), ("control", "#cc79a7", "static, same extra epochs")):
+        r = res.get(key)
+        if r:
+            fig.add_trace(go.Scatter(x=[r["mean_gflops"]], y=[r["miou"]], mode="markers",
+                                     marker={"symbol": "diamond", "color": color, "size": 12}, name=label))
+    fig.update_layout(xaxis_title="GFLOPs per frame (measured on the path that ran)", yaxis_title="test mIoU",
+                      height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend={"orientation": "h", "y": -0.25})
     return fig

@@ -9,8 +9,9 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, draw_legend, draw_prediction, gt_targets,
-                               overlay, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
+from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, depth_picture, gt_targets, prepare,
+                               read_input, run_page, segment, show_input, sidebar)
+from pages._rgbd_views import draw_ground_truth, draw_map, show_card_tables
 
 from fusion import inference, viz
 from fusion.evaluate import robustness_from_cards, sort_adapter_cards
@@ -19,6 +20,7 @@ ensure_navigation_mode()
 
 KIND_HELP = {"lora": "LoRA: low-rank update of convolutions", "ssf": "SSF: per-channel scale and shift",
              "bitfit": "BitFit: bias terms only"}
+KIND_SHORT = {"lora": "LoRA", "ssf": "SSF", "bitfit": "BitFit"}  # what the sidebar box shows
 
 
 def main() -> None:
@@ -38,7 +40,9 @@ def main() -> None:
     dedicated = [c for c in cards if inference.is_dedicated(c)]
     if adapters:
         by_kind = {c["config"]["adapter"]["kind"]: c for c in sort_adapter_cards(adapters)}
-        kind = sb.selectbox("Adapter kind", list(by_kind), key="miss_kind", format_func=lambda k: KIND_HELP.get(k, k))
+        kind = sb.selectbox("Adapter kind", list(by_kind), key="miss_kind", format_func=lambda k: KIND_SHORT.get(k, k),
+                            help="The adapter set that switches on for the missing subset:\n"
+                                 + "\n".join(f"- {KIND_HELP.get(k, k)}" for k in by_kind))
         a_name, a_trained = by_kind[kind]["name"], True
     else:
         a_name, a_trained = checkpoint_or_untrained("adapted_rgbd", "adapter")[0]
@@ -57,14 +61,19 @@ def main() -> None:
     present = [m for m, on in (("RGB", use_rgb), ("depth", use_depth and depth is not None)) if on]
     subset = "+".join(present)
     with st.spinner("Running the base and the adapted model…"):
-        full = segment(a_name, a_trained, rgb, depth, adapter=False) if depth is not None else None
-        base = segment(a_name, a_trained, rgb, d_in, drop_rgb=not use_rgb, adapter=False)
-        adapted = segment(a_name, a_trained, rgb, d_in, drop_rgb=not use_rgb)
+        full = segment(a_name, a_trained, rgb, depth, repeats=0, adapter=False) if depth is not None else None
+        base = segment(a_name, a_trained, rgb, d_in, repeats=0, drop_rgb=not use_rgb, adapter=False)
+        adapted = segment(a_name, a_trained, rgb, d_in, repeats=0, drop_rgb=not use_rgb)
         ded_card = next((c for c in dedicated if c["trained_without"] == ("depth" if d_in is None else "rgb")), None)
-        ded = (segment(ded_card["name"], True, rgb, d_in, drop_rgb=not use_rgb)
+        ded = (segment(ded_card["name"], True, rgb, d_in, repeats=0, drop_rgb=not use_rgb)
                if ded_card is not None and len(present) == 1 else None)
     n_cls = adapted.num_classes
+    names = class_names(n_cls)
     gt = None if label40 is None else gt_targets(label40, n_cls)
+    # a model that saw depth alone is drawn over the depth map, not over a photo it never saw
+    depth_only = not use_rgb and d_in is not None
+    pred_bg = depth_picture(depth)[0] if depth_only else rgb
+    bg_note = "drawn over the depth map: this model never saw the photo" if depth_only else None
     st.subheader(f"Prediction with {subset} only" if len(present) == 1 else "Prediction with both modalities")
     shown = [("frozen static, no adapter", base)]
     if len(present) == 1:
@@ -77,12 +86,12 @@ def main() -> None:
     cols = st.columns(len(shown) + (1 if gt is not None else 0))
     for col, (title, r) in zip(cols, shown):
         with col:
-            draw_prediction(title, r.labels, rgb, gt, n_cls, opts["alpha"], r.notes)
+            both = r is full
+            draw_map(title, r.labels, rgb if both else pred_bg, names, opts["alpha"], gt=gt, n_cls=n_cls,
+                     notes=r.notes, caption=None if both else bg_note)
     if gt is not None:
         with cols[-1]:
-            st.markdown("**Ground truth**")
-            st.image(overlay(rgb, gt, opts["alpha"]), width="stretch")
-    draw_legend([r.labels for _, r in shown] + ([gt] if gt is not None else []), class_names(n_cls))
+            draw_ground_truth(gt, rgb, names, opts["alpha"])
     if len(present) == 1:
         ch = viz.changed_mask(base.labels, adapted.labels)
         st.caption(f"The adapters change {ch.mean() * 100:.1f}% of the pixels' labels relative to the frozen model.")
@@ -104,7 +113,7 @@ def main() -> None:
     else:
         st.info("No evaluated adapter checkpoints yet: run `python -m fusion.evaluate --robustness ...`.")
     if a_trained:
-        show_cards([(f"{kind} adapters" if adapters else "adapters", a_name)])
+        show_card_tables([(f"{KIND_SHORT.get(kind, kind)} adapters" if adapters else "adapters", a_name)])
 
 
 run_page(main)

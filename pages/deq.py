@@ -10,10 +10,11 @@ import numpy as np
 import streamlit as st
 
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (checkpoint_or_untrained, class_names, draw_legend, gt_targets, metrics_line, overlay,
-                               prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
+from pages._rgbd_input import (checkpoint_or_untrained, class_names, gt_targets, prepare, read_input, run_page,
+                               segment, show_input, sidebar)
+from pages._rgbd_views import Timed, draw_ground_truth, draw_map, show_card_tables, time_calls
 
-from fusion import viz
+from fusion import compute, viz
 from fusion.methods.deq import SOLVERS, DEQConfig
 
 ensure_navigation_mode()
@@ -22,6 +23,7 @@ TOLS = [1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5]
 SOLVER_HELP = {"anderson": "Anderson acceleration (mixes the last few iterates; default)",
                "broyden": "limited-memory Broyden quasi-Newton",
                "fixed_point": "plain iteration z ← f(z)"}
+SOLVER_SHORT = {"anderson": "Anderson", "broyden": "Broyden", "fixed_point": "plain iteration"}  # sidebar box
 
 
 def kept_iterations(max_iter: int) -> tuple[int, ...]:
@@ -46,9 +48,11 @@ def main() -> None:
     sb = st.sidebar
     sb.header("Solver")
     solver = sb.selectbox("Solver", list(SOLVERS), index=list(SOLVERS).index(cfg.solver), key="deq_solver",
-                          format_func=lambda s: SOLVER_HELP.get(s, s), help=DEQConfig.__doc__ or None)
-    tol = sb.select_slider("Tolerance (relative residual)", TOLS, value=cfg.tol, key="deq_tol",
-                           format_func=lambda t: f"{t:g}", help="A solve stops once its residual is below this.")
+                          format_func=lambda s: SOLVER_SHORT.get(s, s),
+                          help="The root solver that finds the fixed point:\n"
+                               + "\n".join(f"- **{k}**: {h}" for k, h in SOLVER_HELP.items()))
+    tol = sb.select_slider("Tolerance", TOLS, value=cfg.tol, key="deq_tol", format_func=lambda t: f"{t:g}",
+                           help="Relative residual ‖f(z) − z‖ / ‖f(z)‖ below which a solve stops.")
     max_iter = sb.slider("Max iterations", 2, 60, cfg.max_iter, key="deq_max_iter",
                          help="The cap: the solver stops here even if the residual is still above tolerance.")
     frame = read_input(opts)
@@ -58,13 +62,18 @@ def main() -> None:
     show_input(frame, rgb, depth, frame.notes + notes, "No depth map: the equilibrium is solved on RGB alone.")
     name, trained = checkpoint_or_untrained("deq_rgbd", "DEQ-fusion")[0]
     its = kept_iterations(max_iter)
-    kw = dict(solver=solver, tol=float(tol), max_iter=int(max_iter), stop_mode="rel", keep_states_at=its)
-    with st.spinner("Solving for the fixed point…"):
-        runs = {"RGB + depth" if depth is not None else "RGB only": segment(name, trained, rgb, depth, **kw)}
+    solve_kw = dict(solver=solver, tol=float(tol), max_iter=int(max_iter), stop_mode="rel")
+    with st.spinner("Solving for the fixed point, then timing the solves against each other…"):
+        main_title = "RGB + depth" if depth is not None else "RGB only"
+        runs = {main_title: segment(name, trained, rgb, depth, repeats=0, keep_states_at=its, **solve_kw)}
+        timed = {main_title: Timed(name, trained, opts=tuple(solve_kw.items()))}
         if depth is not None:
-            runs["depth removed"] = segment(name, trained, rgb, None, **kw)
+            runs["depth removed"] = segment(name, trained, rgb, None, repeats=0, keep_states_at=its, **solve_kw)
+            timed["depth removed"] = Timed(name, trained, depth=False, opts=tuple(solve_kw.items()))
+        times = time_calls(timed, rgb, depth)
     main_run = next(iter(runs.values()))
     n_cls = main_run.num_classes
+    names = class_names(n_cls)
     gt = None if label40 is None else gt_targets(label40, n_cls)
 
     st.subheader("Convergence on this input")
@@ -76,35 +85,43 @@ def main() -> None:
         verdict = "converged" if s["converged"] else "**stopped at the cap, not converged**"
         col.markdown(f"**{k}** — {s['solver']}: {verdict} after **{s['nstep']}** iteration(s); final relative "
                      f"residual {s['rel']:.2e} (absolute {s['abs']:.2e}). Fusion block "
-                     f"{viz.format_flops(r.fusion_flops)} of {viz.format_flops(r.flops)}; {r.ms:.0f} ms.")
+                     f"{viz.format_flops(r.fusion_flops)} of {viz.format_flops(r.flops)} (exact); "
+                     f"time {times[k].text()}.")
+    st.caption("FLOPs are counted on the solve that ran and are exact. " + compute.timing_note(times))
 
     st.subheader("Does the segmentation settle as the residual falls?")
-    t = st.select_slider("Prediction at solver iteration", list(its), value=its[-1], key="deq_iter",
-                         help="The fused state after this many solver steps, decoded by the same decoder.")
+    n_run = max(int(r.solver["nstep"]) for r in runs.values())
+    steps = viz.iterations_run(its, n_run)
+    if len(steps) > 1:
+        # keyed on the cap and the steps run: a new cap (or a solve that stops elsewhere) resets the slider
+        t = st.select_slider("Prediction at solver iteration", steps, value=steps[-1],
+                             key=f"deq_iter_{max_iter}_{n_run}",
+                             help="The fused state after this many solver steps, decoded by the same decoder. "
+                                  f"Only the steps the solver ran (at most {n_run}) are offered.")
+    else:
+        t = steps[0]
+        st.caption(f"The solver stopped after {t} iteration: there is only the final prediction to show.")
     cols = st.columns(len(runs) + 1)
     for col, (k, r) in zip(cols, runs.items()):
-        lab = r.iter_labels.get(t, r.labels)
+        lab = r.iter_labels.get(t, r.labels) if t < r.solver["nstep"] else r.labels
+        stopped = "" if t <= r.solver["nstep"] else f" (stopped at {r.solver['nstep']}: final state)"
         with col:
-            st.markdown(f"**{k}**, iteration {t}")
-            st.image(overlay(rgb, lab, opts["alpha"]), width="stretch")
             diff = viz.changed_mask(lab, r.labels).mean()
-            st.caption(f"{diff * 100:.1f}% of pixels differ from the final prediction")
-            line = metrics_line(lab, gt, n_cls)
-            if line:
-                st.markdown(line)
+            draw_map(f"{k}, iteration {t}{stopped}", lab, rgb, names, opts["alpha"], gt=gt, n_cls=n_cls,
+                     caption=f"{diff * 100:.1f}% of pixels differ from the final prediction")
     with cols[-1]:
         if gt is not None:
-            st.markdown("**Ground truth**")
-            st.image(overlay(rgb, gt, opts["alpha"]), width="stretch")
-        draw_legend([r.labels for r in runs.values()] + ([gt] if gt is not None else []), class_names(n_cls))
-    ks = sorted(main_run.iter_labels)
-    frac = [float(np.mean(main_run.iter_labels[i] != main_run.labels)) for i in ks]
+            draw_ground_truth(gt, rgb, names, opts["alpha"])
+    n_main = int(main_run.solver["nstep"])
+    ks = viz.iterations_run(sorted(main_run.iter_labels), n_main)
+    frac = [float(np.mean((main_run.iter_labels.get(i, main_run.labels) if i < n_main else main_run.labels)
+                          != main_run.labels)) for i in ks]
     st.plotly_chart(viz.settling_figure(ks, frac), key="deq_settle_chart", width="stretch")
     for r in runs.values():
         for note in r.notes:
             st.caption(note)
     if trained:
-        show_cards([("DEQ fusion", name)])
+        show_card_tables([("DEQ fusion", name)])
 
 
 run_page(main)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (TASK, Run, class_names, draw_legend, draw_prediction, gt_targets, metrics_line,
-                               overlay, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
+from pages._rgbd_input import (TASK, Run, class_names, gt_targets, prepare, read_input, run_page,
+                               segment, show_input, sidebar)
+from pages._rgbd_views import (Timed, change_table, draw_ground_truth, draw_map, show_card_tables, time_calls,
+                               time_metric)
 
-from fusion import inference, viz
+from fusion import compute, inference, viz
 
 
 ensure_navigation_mode()
@@ -21,8 +23,9 @@ STATIC, DYNMM = "Static fusion", "DynMM"
 
 
 def card_kind(c: dict) -> str | None:
-    """"static" or "dynmm" for a model card (by its registry name, else its method text)."""
-    if inference.is_dedicated(c):
+    """"static" or "dynmm" for a model card (by its registry name, else its method text); None for dedicated
+    single-modality baselines and controls."""
+    if inference.is_dedicated(c) or inference.is_control(c):
         return None
     reg = str(c.get("registry") or "")
     if reg in ("static_rgbd", "dynmm_rgbd"):
@@ -32,18 +35,21 @@ def card_kind(c: dict) -> str | None:
 
 
 def pick_models() -> list[tuple[str, str, bool]]:
-    """[(title, checkpoint or registry name, trained)] for static fusion and DynMM."""
+    """[(title, checkpoint or registry name, trained)] for static fusion and DynMM. The static model is the
+    card named exactly ``static_rgbd`` when shipped (older static cards such as ``static_rgbd_cpu15`` are
+    bases of other models, not the reference)."""
     cards = inference.list_checkpoints(TASK)
-    static = [c for c in cards if card_kind(c) == "static"]
+    static = inference.preferred_card([c for c in cards if card_kind(c) == "static"], inference.STATIC_FUSION)
     dyn = [c for c in cards if card_kind(c) == "dynmm"]
     chosen: list[tuple[str, str, bool]] = []
-    chosen.append((STATIC, static[0]["name"], True) if static else (STATIC, "static_rgbd", False))
+    chosen.append((STATIC, static["name"], True) if static else (STATIC, "static_rgbd", False))
     if dyn:
-        labels = {c["name"]: card_label(c) for c in dyn}
+        by_name = {c["name"]: c for c in dyn}
         pick = st.sidebar.selectbox(
-            "DynMM budget", list(labels), format_func=labels.get, key="rgbd_budget",
+            "DynMM budget", list(by_name), format_func=lambda n: card_label(by_name[n]), key="rgbd_budget",
             help="DynMM checkpoints trained with different resource-loss weights λ: a higher λ makes the "
-                 "gate prefer cheaper branches (less depth).")
+                 "gate prefer cheaper branches (less depth). GFLOPs: mean over the test split.")
+        st.sidebar.caption(card_detail(by_name[pick]))
         chosen.append((DYNMM, pick, True))
     else:
         chosen.append((DYNMM, "dynmm_rgbd", False))
@@ -56,17 +62,22 @@ def pick_models() -> list[tuple[str, str, bool]]:
 
 
 def card_label(c: dict) -> str:
-    """``dynmm_rgbd_b1 · λ=0.2 · 1.23 GFLOPs · mIoU 30.1%`` from whatever the card holds."""
-    parts = [str(c.get("title") or c["name"])]
+    """Short enough for the sidebar: ``λ=0.2 · 1.23 GFLOPs`` (the name when the card has neither)."""
+    parts = []
     lam = (c.get("training") or {}).get("resource_weight") if isinstance(c.get("training"), dict) else None
     if isinstance(lam, (int, float)):
         parts.append(f"λ={lam:g}")
     m = c.get("metrics") if isinstance(c.get("metrics"), dict) else {}
     if isinstance(m.get("mean_gflops"), (int, float)):
         parts.append(f"{m['mean_gflops']:.2f} GFLOPs")
-    if isinstance(m.get("miou"), (int, float)):  # fusion.evaluate writes percent
-        parts.append(f"test mIoU {m['miou']:.1f}%")
-    return " · ".join(parts)
+    return " · ".join(parts) or str(c.get("title") or c["name"])
+
+
+def card_detail(c: dict) -> str:
+    """The line under the budget picker: checkpoint name and test mIoU."""
+    m = c.get("metrics") if isinstance(c.get("metrics"), dict) else {}
+    miou = f" · test mIoU {m['miou']:.1f}%" if isinstance(m.get("miou"), (int, float)) else ""  # percent
+    return f"`{c['name']}`{miou}"
 
 
 def decision_text(r: Run) -> str:
@@ -95,32 +106,31 @@ def main() -> None:
     models = pick_models()
     st.sidebar.header("Ablation")
     remove_depth = st.sidebar.toggle(
-        "Remove depth", value=False, key="rgbd_remove_depth", disabled=depth is None,
-        help="Re-run both models without the depth map and show which pixels change.")
+        "Compare without depth", value=False, key="rgbd_remove_depth", disabled=depth is None,
+        help="Re-run both models without the depth map: their segmentations side by side and what changed "
+             "into what.")
 
-    with st.spinner("Segmenting (each model: one counted forward, a warm-up and three timed runs)…"):
-        runs = {title: segment(name, trained, rgb, depth) for title, name, trained in models}
+    with st.spinner("Segmenting, then timing the two models against each other (warm-up, then five "
+                    "alternating runs each)…"):
+        runs = {title: segment(name, trained, rgb, depth, repeats=0) for title, name, trained in models}
+        times = time_calls({title: Timed(name, trained) for title, name, trained in models}, rgb, depth)
     stat, dyn = runs[STATIC], runs[DYNMM]
     n_cls = dyn.num_classes
     names = class_names(n_cls)
     gt = None if label40 is None else gt_targets(label40, n_cls)
 
-    # ---- segmentations, side by side with the ground truth
+    # ---- segmentations, side by side with the ground truth; each map has its own legend
     st.subheader("Segmentation")
     cols = st.columns(3)
     for col, (title, r) in zip(cols, runs.items()):
         with col:
-            draw_prediction(title + (f" · branch k={r.branch}" if r.branch is not None else ""), r.labels, rgb, gt,
-                            n_cls, opts["alpha"], r.notes)
-    with cols[2]:
-        if gt is not None:
-            st.markdown("**Ground truth**")
-            st.image(overlay(rgb, gt, opts["alpha"]), width="stretch",
-                     caption="untinted = otherprop/unlabelled (ignored in the scores)")
-        st.markdown("**Classes**")
-        draw_legend([r.labels for r in runs.values()] + ([gt] if gt is not None else []), names)
+            draw_map(title + (f" · branch k={r.branch}" if r.branch is not None else ""), r.labels, rgb, names,
+                     opts["alpha"], gt=gt, n_cls=n_cls, notes=r.notes)
+    if gt is not None:
+        with cols[2]:
+            draw_ground_truth(gt, rgb, names, opts["alpha"])
 
-    # ---- the gate and the compute it saves
+    # ---- the gate and the compute it saves: FLOPs first (exact), time second (a noisy sample)
     g1, g2 = st.columns(2)
     with g1:
         st.subheader("DynMM gate")
@@ -130,50 +140,55 @@ def main() -> None:
                             key="rgbd_gate_chart", width="stretch")
     with g2:
         st.subheader("Compute spent")
-        rows = [{"name": t, "flops": r.flops, "ms": r.ms} for t, r in runs.items()]
-        st.plotly_chart(viz.compute_figure(rows), key="rgbd_compute_chart", width="stretch")
+        ratio = compute.time_ratio(times[STATIC], times[DYNMM])
+        noisy = ratio.noisy or any(t.noisy for t in times.values())
         save_f = viz.saving_percent(stat.flops, dyn.flops)
-        save_t = viz.saving_percent(stat.ms, dyn.ms)
         m1, m2 = st.columns(2)
         m1.metric("DynMM FLOPs", viz.format_flops(dyn.flops), delta_color="inverse",
                   delta=None if save_f is None else f"{-save_f:+.1f}% vs static")
-        m2.metric("DynMM time", f"{dyn.ms:.0f} ms", delta_color="inverse",
-                  delta=None if save_t is None else f"{-save_t:+.1f}% vs static")
+        time_metric(m2, "DynMM time", times[DYNMM], ratio, "static")
+        rows = [{"name": t, "flops": r.flops, "ms": times[t].median_ms, "ms_lo": times[t].q1_ms,
+                 "ms_hi": times[t].q3_ms} for t, r in runs.items()]
+        st.plotly_chart(viz.compute_figure(rows, time_noisy=noisy), key="rgbd_compute_chart", width="stretch")
         if save_f is not None:
             verb = "saves" if save_f >= 0 else "spends"
             st.caption(
                 f"On this input DynMM {verb} **{abs(save_f):.1f}%** {'of' if save_f >= 0 else 'more than'} static "
                 f"fusion's FLOPs ({viz.format_flops(stat.flops)} → {viz.format_flops(dyn.flops)}, gate included). "
-                "FLOPs are counted with torch's FlopCounterMode on the path that ran; times are the median of "
-                "three forwards on this machine's CPU, at the models' 240×320 input.")
+                "FLOPs are counted with torch's FlopCounterMode on the path that ran, at the models' 240×320 "
+                "input: exact, they lead.")
+        st.caption(f"Static {times[STATIC].text()}; DynMM {times[DYNMM].text()}. " + compute.timing_note(times))
 
     # ---- what the checkpoints say about themselves
     trained = [(title, name) for title, name, ok in models if ok]
     if trained:
-        show_cards(trained)
+        show_card_tables(trained)
 
     # ---- ablation: remove depth
     if remove_depth and depth is not None:
         st.subheader("Without depth: what changes")
-        st.caption("Both models re-run on the same photo with the depth map removed. Magenta pixels changed label.")
-        acols = st.columns(3)
-        for col, m in zip(acols, models):
-            title = m[0]
-            r0, r1 = runs[title], segment(m[1], m[2], rgb, None)
+        st.caption("Both models re-run on the same photo with the depth map removed: the two segmentations side "
+                   "by side, the pixels that changed label (magenta), and what changed into what.")
+        for title, name, trained_ok in models:
+            r0, r1 = runs[title], segment(name, trained_ok, rgb, None, repeats=0)
             mask = viz.changed_mask(r0.labels, r1.labels)
-            with col:
-                st.markdown(f"**{title}**: {mask.mean() * 100:.1f}% of pixels change label")
+            st.markdown(f"**{title}**: {mask.mean() * 100:.1f}% of pixels change label")
+            c_with, c_without, c_diff = st.columns(3)
+            with c_with:
+                draw_map("with depth" + (f" · k={r0.branch}" if r0.branch is not None else ""), r0.labels, rgb,
+                         names, opts["alpha"], gt=gt, n_cls=n_cls)
+            with c_without:
+                draw_map("without depth" + (f" · k={r1.branch}" if r1.branch is not None else ""), r1.labels,
+                         rgb, names, opts["alpha"], gt=gt, n_cls=n_cls, notes=r1.notes)
+            with c_diff:
+                st.markdown("**What changed**")
                 st.image(viz.change_image(rgb, mask), width="stretch", caption=f"{int(mask.sum()):,} pixels changed")
+                change_table(r0.labels, r1.labels, names)
                 if r0.branch is not None:
                     same = " (unchanged)" if r0.branch == r1.branch else ""
                     st.markdown(f"Gate decision: k={r0.branch} → **k={r1.branch}**{same}")
                     st.caption(decision_text(r1))
                 st.caption(f"compute {viz.format_flops(r0.flops)} → {viz.format_flops(r1.flops)}")
-                line = metrics_line(r1.labels, gt, n_cls)
-                if line:
-                    st.markdown("without depth: " + line)
-                for note in r1.notes:
-                    st.caption(note)
 
 
 run_page(main)

@@ -8,10 +8,11 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (checkpoint_or_untrained, class_names, depth_picture, draw_legend, draw_prediction,
-                               gt_targets, prepare, read_input, run_page, segment, show_cards, show_input, sidebar)
+from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, depth_picture, gt_targets, prepare,
+                               read_input, run_page, segment, show_input, sidebar)
+from pages._rgbd_views import Timed, change_table, draw_map, show_card_tables, time_calls, time_metric
 
-from fusion import viz
+from fusion import compute, inference, viz
 from fusion.methods.sparse import POOL_MODES, SparseConfig
 
 ensure_navigation_mode()
@@ -26,11 +27,25 @@ POOL_HELP = {
     "random": "k random tokens (a control)",
     "strided_random": "one random token per window (a control)",
 }
+POOL_SHORT = {  # what the sidebar box shows: short enough not to be cut off
+    "none": "none — dense", "max": "max — window max", "avg": "avg — window mean", "topk": "topk — learned",
+    "attn_avg": "attn_avg — weighted", "topk_attn": "topk_attn — attention", "random": "random — control",
+    "strided_random": "strided_random — control",
+}
 KEEP = {"1/4": 0.25, "1/8": 0.125, "1/10": 0.1, "1/16": 0.0625, "1/32": 0.03125}
 
 
 def _mb(b: float | None) -> float | None:
     return None if b is None else b / 1e6
+
+
+def model_window(name: str, trained: bool, default: tuple[int, int] | None) -> tuple[int, int] | None:
+    """The pooling window the checkpoint was built with (its card's config), else ``default``."""
+    card = next((c for c in inference.list_checkpoints(TASK) if c.get("name") == name), {}) if trained else {}
+    sparse_cfg = (card.get("config") or {}).get("sparse") or {}
+    if "window" not in sparse_cfg:
+        return default
+    return None if sparse_cfg["window"] is None else (int(sparse_cfg["window"][0]), int(sparse_cfg["window"][1]))
 
 
 def main() -> None:
@@ -44,14 +59,21 @@ def main() -> None:
         "Change the pooling below: the model re-runs live.")
     opts = sidebar("sft")
     cfg = SparseConfig()
+    name, trained = checkpoint_or_untrained("sparse_rgbd", "sparse-fusion")[0]
+    window = model_window(name, trained, cfg.window)
     st.sidebar.header("Pooling")
-    pool = st.sidebar.selectbox("Pooling mode", POOL_MODES, index=POOL_MODES.index(cfg.pool), key="sft_pool",
-                                format_func=lambda m: f"{m} — {POOL_HELP[m]}",
-                                help="How each modality's tokens are reduced before cross-modal attention.")
+    pool = st.sidebar.selectbox(
+        "Pooling mode", POOL_MODES, index=POOL_MODES.index(cfg.pool), key="sft_pool",
+        format_func=lambda m: POOL_SHORT.get(m, m),
+        help="How each modality's tokens are reduced before cross-modal attention:\n"
+             + "\n".join(f"- **{m}**: {h}" for m, h in POOL_HELP.items()))
+    uses_keep = inference.keep_ratio_applies(pool, window)
+    win_text = f"{window[0]}×{window[1]}" if window else "sized from the ratio"
     keep_label = st.sidebar.select_slider(
-        "Keep ratio (top-k and random modes)", list(KEEP), value="1/10", key="sft_keep",
-        help=f"Share of each modality's tokens kept. Window modes use a fixed {cfg.window[0]}×{cfg.window[1]} "
-             "window instead (one pooled token per window).")
+        "Keep ratio", list(KEEP), value="1/10", key="sft_keep", disabled=not uses_keep,
+        help=f"Share of each modality's tokens kept by the top-k and random modes. Window modes pool a fixed "
+             f"{win_text} window into one token each and ignore it; 'none' keeps every token."
+             + ("" if uses_keep else f" **Not used by '{pool}'.**"))
     remove_depth = st.sidebar.toggle("Remove depth", value=False, key="sft_remove_depth",
                                      help="Fuse RGB tokens alone (the depth encoder does not run).")
     frame = read_input(opts)
@@ -59,13 +81,16 @@ def main() -> None:
         return
     rgb, depth, label40, notes = prepare(frame.rgb, frame.depth, frame.label40)
     show_input(frame, rgb, depth, frame.notes + notes, "No depth map: only RGB tokens are fused.")
-    name, trained = checkpoint_or_untrained("sparse_rgbd", "sparse-fusion")[0]
     d_in = None if remove_depth else depth
-    with st.spinner("Running the sparse and the dense variant…"):
-        sp = segment(name, trained, rgb, d_in, pool=pool, keep_ratio=KEEP[keep_label])
-        dn = segment(name, trained, rgb, d_in, pool="none")
+    sp_opts = {"pool": pool, **({"keep_ratio": KEEP[keep_label]} if uses_keep else {})}
+    with st.spinner("Running the sparse and the dense variant, then timing them against each other…"):
+        sp = segment(name, trained, rgb, d_in, repeats=0, **sp_opts)
+        dn = segment(name, trained, rgb, d_in, repeats=0, pool="none")
+        times = time_calls({"sparse": Timed(name, trained, opts=tuple(sp_opts.items())),
+                            "dense": Timed(name, trained, opts=(("pool", "none"),))}, rgb, d_in)
     tk, tkd = sp.tokens, dn.tokens
     n_cls = sp.num_classes
+    names = class_names(n_cls)
     gt = None if label40 is None else gt_targets(label40, n_cls)
 
     st.subheader("Which tokens survive")
@@ -91,7 +116,7 @@ def main() -> None:
             {"name": f"dense ({tkd['after']} tokens)", "tokens": tkd["after"], "flops": dn.fusion_flops,
              "mbytes": _mb(dn.fusion_bytes)}]
     st.plotly_chart(viz.token_cost_figure(rows), key="sft_cost_chart", width="stretch")
-    m1, m2, m3, m4 = st.columns(4)
+    m1, m2, m3, m4, m5 = st.columns(5)
     m1.metric("tokens into fusion", f"{tk['after']}", f"{tkd['after'] / max(tk['after'], 1):.1f}× fewer",
               delta_color="off")
     if sp.fusion_flops and dn.fusion_flops:
@@ -100,24 +125,26 @@ def main() -> None:
     if sp.fusion_bytes and dn.fusion_bytes:
         m3.metric("allocated there", f"{sp.fusion_bytes / 1e6:.1f} MB",
                   f"{dn.fusion_bytes / sp.fusion_bytes:.1f}× less", delta_color="off")
-    m4.metric("whole model", viz.format_flops(sp.flops), f"{sp.ms:.0f} ms (dense {dn.ms:.0f} ms)", delta_color="off")
+    m4.metric("whole model", viz.format_flops(sp.flops), f"dense {viz.format_flops(dn.flops)}", delta_color="off")
+    time_metric(m5, "whole-model time", times["sparse"], compute.time_ratio(times["dense"], times["sparse"]),
+                "dense")
     st.caption("Cross-modal stage = pooling + cross-modal attention layer + read-back, measured with "
-               "FlopCounterMode (FLOPs) and by summing the bytes of the tensors its ops produce (MB) on this "
-               "input. The unimodal attention before pooling is the same in both variants. Times are medians of "
-               "three forwards on this machine's CPU.")
+               "FlopCounterMode (FLOPs, exact) and by summing the bytes of the tensors its ops produce (MB) on "
+               "this input. The unimodal attention before pooling is the same in both variants. "
+               f"Sparse {times['sparse'].text()}; dense {times['dense'].text()}. " + compute.timing_note(times))
 
     st.subheader("Segmentation: sparse vs dense")
     c1, c2, c3 = st.columns(3)
     changed = viz.changed_mask(sp.labels, dn.labels)
     for col, title, r in ((c1, f"sparse · {pool}", sp), (c2, "dense (pool=none)", dn)):
         with col:
-            draw_prediction(title, r.labels, rgb, gt, n_cls, opts["alpha"], r.notes)
+            draw_map(title, r.labels, rgb, names, opts["alpha"], gt=gt, n_cls=n_cls, notes=r.notes)
     with c3:
         st.markdown(f"**Where they differ**: {changed.mean() * 100:.1f}% of pixels")
         st.image(viz.change_image(rgb, changed), width="stretch", caption="magenta = label differs")
-        draw_legend([sp.labels, dn.labels] + ([gt] if gt is not None else []), class_names(n_cls))
+        change_table(sp.labels, dn.labels, names, before_col="sparse", after_col="dense")
     if trained:
-        show_cards([("Sparse token fusion", name)])
+        show_card_tables([("Sparse token fusion", name)])
 
 
 run_page(main)

@@ -159,3 +159,66 @@ def test_method_figures():
     fig = viz.token_cost_figure([{"name": "s", "tokens": 60, "flops": 6e7, "mbytes": 3.0},
                                  {"name": "d", "tokens": 600, "flops": 3.6e8, "mbytes": None}])
     assert len(fig.data) == 3 and fig.data[1].y[1] == pytest.approx(0.36)
+
+
+def test_label_changes_top_pairs_by_pixel_share():
+    names = [f"n{i}" for i in range(10)]
+    before = np.array([[1, 1, 1, 1], [2, 2, 3, 3]])
+    after = np.array([[4, 4, 4, 1], [5, 2, 3, 6]])
+    ch = viz.label_changes(before, after, names)
+    assert [(c.before, c.after) for c in ch] == [("n1", "n4"), ("n2", "n5"), ("n3", "n6")]
+    assert ch[0].fraction == pytest.approx(3 / 8)  # share of the whole image
+    assert ch[0].before_id == 1 and ch[0].after_id == 4
+    assert len(viz.label_changes(before, after, names, top=1)) == 1
+    assert [c.after for c in viz.label_changes(before, after, names, min_fraction=0.2)] == ["n4"]
+    assert viz.label_changes(before, before, names) == []  # nothing changed
+    assert viz.label_changes(np.array([[255]]), np.array([[1]]), names)[0].before == "unlabelled"
+    with pytest.raises(ValueError):
+        viz.label_changes(before, after[:1], names)
+
+
+def test_map_legend_html_one_legend_with_shares_per_map():
+    lab = np.array([[0] * 90 + [1] * 8 + [2] * 2])  # 90%, 8%, 2%
+    html = viz.map_legend_html(lab, ["wall", "<b>floor", "sofa"], min_fraction=0.05)
+    assert html.count('class="fx-legend"') == 1
+    assert "wall" in html and "90.0%" in html and "8.0%" in html
+    assert "&lt;b&gt;floor" in html and "<b>floor" not in html
+    assert "sofa" not in html and "+1 more class (2.0%)" in html  # small classes summed
+    capped = viz.map_legend_html(lab, ["wall", "floor", "sofa"], min_fraction=0.0, max_entries=1)
+    assert "+2 more classes (10.0%)" in capped
+    assert "no labelled pixels" in viz.map_legend_html(np.full((2, 2), 255), ["a"])
+
+
+def test_iterations_run_limited_to_the_steps_the_solver_ran():
+    assert viz.iterations_run((1, 2, 3, 5, 8, 13, 20), 7) == [1, 2, 3, 5, 7]
+    assert viz.iterations_run((1, 2, 3, 5, 8), 8) == [1, 2, 3, 5, 8]
+    assert viz.iterations_run((1, 2, 3), 1) == [1]
+    assert viz.iterations_run((1, 2), 0) == [1]
+
+
+def test_card_rows_readable_labels_no_bulk():
+    card = {"name": "m", "registry": "static_rgbd", "params": 6047507, "input_size": [240, 320],
+            "config": {"hidden": 64}, "weights": "m.safetensors", "licence": None,
+            "training": {"epochs": 95, "lr": 0.001, "resource_weight": None},
+            "metrics": {"miou": 37.55, "per_class_iou": [1.0] * 39, "no_depth": {"miou": 3.77}},
+            "control_for": "sparse_rgbd"}
+    rows = dict(viz.card_rows(card))
+    assert rows["checkpoint"] == "m" and rows["architecture"] == "static_rgbd"
+    assert rows["parameters"] == "6,047,507" and rows["input size (H × W)"] == "240 × 320"
+    assert rows["training · epochs"] == "95" and rows["training · learning rate"] == "0.001"
+    assert rows["metrics · mIoU (%)"] == "37.55" and rows["metrics · without depth · mIoU (%)"] == "3.77"
+    assert rows["control for"] == "sparse_rgbd"
+    assert not any("config" in k or "weights" in k or "per class" in k or "licence" in k for k in rows)
+    assert not any("resource" in k for k in rows)  # None values are skipped
+    assert all(isinstance(v, str) for v in rows.values())
+
+
+def test_compute_figure_time_spread_and_noisy_title():
+    fig = viz.compute_figure([{"name": "a", "flops": 2e9, "ms": 20.0, "ms_lo": 18.0, "ms_hi": 25.0},
+                              {"name": "b", "flops": 1e9, "ms": 10.0, "ms_lo": 9.0, "ms_hi": 11.0}], time_noisy=True)
+    assert "exact" in fig.layout.annotations[0].text  # FLOPs lead
+    assert "noisy" in fig.layout.annotations[1].text
+    err = fig.data[1].error_y
+    assert list(err.array) == [5.0, 1.0] and list(err.arrayminus) == [2.0, 1.0]
+    steady = viz.compute_figure([{"name": "a", "flops": 2e9, "ms": 20.0}])
+    assert "noisy" not in steady.layout.annotations[1].text

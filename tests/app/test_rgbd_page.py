@@ -15,6 +15,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from app_helpers import ROOT, SHARED_NYUV2, png_bytes, shared_data_present, synthetic_rgbd
+from fusion.data.upload import DEPTH_UNITS
 
 TIMEOUT = 120  # seconds per script run; the machine is small and shared
 
@@ -22,7 +23,12 @@ TIMEOUT = 120  # seconds per script run; the machine is small and shared
 def _texts(at: AppTest) -> str:
     parts = [m.value for m in at.markdown] + [c.value for c in at.caption]
     parts += [e.value for e in at.info] + [e.value for e in at.error] + [s.value for s in at.subheader]
+    parts += [w.value for w in at.warning]
     return "\n".join(str(p) for p in parts)
+
+
+def _warnings(at: AppTest) -> str:
+    return "\n".join(str(w.value) for w in at.warning)
 
 
 def _assert_clean(at: AppTest) -> None:
@@ -140,10 +146,7 @@ def test_rgbd_large_upload_is_shrunk(app_cwd, no_data_env):
     assert "Decision:" in text
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["not_an_image", "corrupt_png", "huge_image", "all_zero_depth", "other_aspect_depth", "pickled_npy"],
-)
+@pytest.mark.parametrize("case", ["not_an_image", "corrupt_png", "huge_image", "colour_depth", "pickled_npy"])
 def test_rgbd_bad_input_gives_clean_error(app_cwd, no_data_env, case):
     rgb, depth8 = synthetic_rgbd(seed=4)
     good_rgb = png_bytes(rgb)
@@ -153,10 +156,8 @@ def test_rgbd_bad_input_gives_clean_error(app_cwd, no_data_env, case):
         args = (good_rgb[: len(good_rgb) // 3], None)
     elif case == "huge_image":
         args = (_png_header_only(20_000, 20_000), None)
-    elif case == "all_zero_depth":
-        args = (good_rgb, ("depth.png", png_bytes(np.zeros_like(depth8))))
-    elif case == "other_aspect_depth":
-        args = (good_rgb, ("depth.png", png_bytes(np.full((96, 96), 60, np.uint8))))
+    elif case == "colour_depth":  # a colour-mapped depth visualisation is not raw depth
+        args = (good_rgb, ("depth.png", good_rgb))
     else:  # an object-array .npy needs pickle: must be refused
         buf = io.BytesIO()
         np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -166,6 +167,98 @@ def test_rgbd_bad_input_gives_clean_error(app_cwd, no_data_env, case):
     assert at.error, f"{case}: expected an st.error"
     msg = at.error[0].value
     assert "Traceback" not in msg and len(msg) > 10
+
+
+# --------------------------------------------------------------------------- RGB-D page: depth inputs
+
+
+@pytest.fixture
+def stand_in_models(monkeypatch, clear_caches_after):
+    """Untrained registry models in place of the shipped checkpoints: these tests check the depth input,
+    not the models, so they must not depend on which checkpoints are shipped (or being retrained)."""
+    from fusion import inference
+
+    monkeypatch.setattr(inference, "list_checkpoints", lambda *a, **k: [])
+
+
+def test_rgbd_all_black_depth_warns_and_runs_rgb_only(app_cwd, no_data_env, stand_in_models):
+    """An all-zero depth image is not an error page: a warning, and the models run on the photo alone."""
+    rgb, depth8 = synthetic_rgbd()
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(np.zeros_like(depth8))))
+    _assert_clean(at)
+    assert "no valid pixel" in _warnings(at) and "colour image only" in _warnings(at)
+    assert "Decision:" in _texts(at) and "k=0" in _texts(at)  # DynMM ran RGB only
+    assert at.toggle(key="rgbd_remove_depth").disabled  # there is no depth to remove
+
+
+def test_rgbd_ambiguous_depth_shows_the_choice(app_cwd, no_data_env, stand_in_models):
+    """16-bit values 2500..9000 read as millimetres (2.5-9 m) or 0.1 mm (0.25-0.9 m): both look like a room."""
+    rgb, _ = synthetic_rgbd()
+    raw = np.random.default_rng(7).integers(2500, 9000, size=rgb.shape[:2]).astype(np.uint16)
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(raw)))
+    _assert_clean(at)
+    assert "can be read in 2 ways" in _warnings(at) and "Now using **16-bit millimetres**" in _warnings(at)
+    assert "Depth read as **16-bit millimetres** (auto-detected)" in _texts(at)
+    pick = at.radio(key="rgbd_depth_pick")
+    assert pick.value == "mm16"
+    assert any(o.startswith("16-bit in 0.1 mm steps: 0.25–0.90 m") for o in pick.options), pick.options
+    assert not set(pick.options) & set(DEPTH_UNITS)  # people read labels, not internal keys
+    pick.set_value("tenth_mm16").run()
+    _assert_clean(at)
+    assert "Depth read as **16-bit in 0.1 mm steps** (picked from the possible readings)" in _texts(at)
+    assert "Now using **16-bit in 0.1 mm steps**" in _warnings(at)
+    assert not at.toggle(key="rgbd_remove_depth").disabled  # a plausible reading: the models get it
+    assert "Decision:" in _texts(at)
+    other = np.random.default_rng(9).integers(2500, 9000, size=rgb.shape[:2]).astype(np.uint16)
+    at.file_uploader(key="rgbd_depth_file").set_value(("other.png", png_bytes(other), "image/png")).run()
+    _assert_clean(at)  # a new file starts again from the auto-detected reading
+    assert at.radio(key="rgbd_depth_pick").value == "mm16"
+    assert "Depth read as **16-bit millimetres** (auto-detected)" in _texts(at)
+
+
+def test_rgbd_implausible_depth_is_held_back_until_confirmed(app_cwd, no_data_env, stand_in_models):
+    """Depths of 60-65 m under every encoding: the page says so and runs without depth until told to use it."""
+    rgb, _ = synthetic_rgbd()
+    raw = np.random.default_rng(8).integers(60000, 65535, size=rgb.shape[:2]).astype(np.uint16)
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(raw)), units="mm16")
+    _assert_clean(at)
+    warning = _warnings(at)
+    assert "not a plausible indoor range" in warning and "colour image only" in warning
+    assert "beyond 20 m" in warning  # 65 m is never passed on silently
+    assert at.toggle(key="rgbd_remove_depth").disabled  # the models did not get this depth
+    assert "No depth map" in _texts(at)  # the page's own words for running without depth
+    at.checkbox(key="rgbd_depth_accept").check().run()
+    _assert_clean(at)
+    assert "use it anyway" in _warnings(at)
+    assert not at.toggle(key="rgbd_remove_depth").disabled
+    assert "Decision:" in _texts(at)
+
+
+def test_rgbd_custom_metres_per_unit(app_cwd, no_data_env, stand_in_models):
+    rgb, depth8 = synthetic_rgbd()
+    raw = (depth8.astype(np.uint16) * 400)  # 0.1 mm steps stored as x 25.5 x 400: metres per unit 1/10200
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(raw)), units="scale")
+    at.number_input(key="rgbd_depth_scale").set_value(1 / 10200).run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "Depth read as **custom metres per unit**" in text
+    assert "(0.000098 m per stored unit): 1.02–3.96 m" in text  # 8-bit NYU values x 400 x 1/10200
+    assert not at.warning
+
+
+def test_rgbd_other_aspect_offers_crop_or_resize(app_cwd, no_data_env, stand_in_models):
+    rgb, _ = synthetic_rgbd()  # 128 x 96 photo
+    square = np.full((96, 96), 60, np.uint8)
+    square[:, :48] = 90  # left half farther
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(square)))
+    _assert_clean(at)
+    fit = at.radio(key="rgbd_depth_fit")
+    assert fit.value == "crop" and len(fit.options) == 2
+    assert "centre 96x72 was cut out" in _texts(at)
+    fit.set_value("resize").run()
+    _assert_clean(at)
+    assert "was stretched to the colour image's 128x96" in _texts(at)
+    assert "Decision:" in _texts(at)
 
 
 @pytest.mark.skipif(not shared_data_present(), reason=f"NYUv2 shared copy not found at {SHARED_NYUV2}")
@@ -232,8 +325,7 @@ def test_rgbd_budget_picker_with_checkpoints(app_cwd, no_data_env, monkeypatch, 
     assert "No trained checkpoint" not in _texts(at)
     assert any("Model cards" in e.label for e in at.expander)
     budget = at.selectbox(key="rgbd_budget")
-    assert list(budget.options) == ["dynmm_rgbd_b1 · λ=0.1 · 1.80 GFLOPs · test mIoU 30.0%",
-                                    "dynmm_rgbd_b2 · λ=0.4 · 1.20 GFLOPs · test mIoU 28.0%"]
+    assert list(budget.options) == ["λ=0.1 · 1.80 GFLOPs", "λ=0.4 · 1.20 GFLOPs"]  # short: not cut off
     budget.set_value("dynmm_rgbd_b2").run()
     _assert_clean(at)
     assert "Decision:" in _texts(at)

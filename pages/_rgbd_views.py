@@ -1,0 +1,116 @@
+"""Shared views of the RGB-D pages: a segmentation map with its own legend, the without-depth change table,
+model cards as tables, and times measured with the models interleaved. Inputs and model loading live in
+``pages/_rgbd_input.py``; this module only draws what ``fusion`` computes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pages._rgbd_input import load_model, metrics_line, overlay
+
+from fusion import compute, inference, viz
+
+REPEATS = 5  # timed rounds per comparison (after one warm-up), models alternating round by round
+
+
+# --------------------------------------------------------------------------- maps with their own legend
+
+
+def draw_map(title: str, labels: np.ndarray, background: np.ndarray, names: Sequence[str], alpha: float, *,
+             gt: np.ndarray | None = None, n_cls: int | None = None, notes: Sequence[str] = (),
+             caption: str | None = None) -> None:
+    """One segmentation: bold title, the map over ``background`` (the photo, or the depth picture for a
+    model that saw depth only), this frame's scores when there is ground truth, the map's own legend with
+    each class's pixel share, notes."""
+    st.markdown(f"**{title}**")
+    st.image(overlay(background, labels, alpha), width="stretch", caption=caption)
+    line = metrics_line(labels, gt, n_cls or len(names))
+    if line:
+        st.markdown(line)
+    st.markdown(viz.map_legend_html(labels, names), unsafe_allow_html=True)
+    for note in notes:
+        st.caption(note)
+
+
+def draw_ground_truth(gt: np.ndarray, rgb: np.ndarray, names: Sequence[str], alpha: float) -> None:
+    """The ground-truth labels over the photo, with its legend (shares of the labelled pixels)."""
+    st.markdown("**Ground truth**")
+    st.image(overlay(rgb, gt, alpha), width="stretch",
+             caption="untinted = otherprop/unlabelled (ignored in the scores); shares are of labelled pixels")
+    st.markdown(viz.map_legend_html(gt, names), unsafe_allow_html=True)
+
+
+def change_table(before: np.ndarray, after: np.ndarray, names: Sequence[str], *, before_col: str = "with depth",
+                 after_col: str = "without depth", top: int = 5) -> None:
+    """The largest label changes between two maps as a small table (share of the whole image)."""
+    changes = viz.label_changes(before, after, names, top=top, min_fraction=0.001)
+    if not changes:
+        st.caption("No pixel changed label.")
+        return
+    st.table(pd.DataFrame([{before_col: c.before, "→": "→", after_col: c.after,
+                            "share of image": f"{c.fraction * 100:.1f}%"} for c in changes]), hide_index=True)
+
+
+# --------------------------------------------------------------------------- model cards
+
+
+def show_card_tables(items: Sequence[tuple[str, str]]) -> None:
+    """An expander with the model cards of [(title, checkpoint name)], each as a readable table."""
+    with st.expander("Model cards (data, licence, test-set scores, how to reproduce)"):
+        for title, name in items:
+            card = load_model(name, True)[1]
+            st.markdown(f"**{title}** — `{name}`")
+            st.table(pd.DataFrame(viz.card_rows(card), columns=["field", "value"]), hide_index=True)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One forward to time: the model (checkpoint or registry name, trained or not), whether the depth map
+    goes in, whether the photo is dropped, and the per-call options (sorted (key, value) pairs)."""
+
+    name: str
+    trained: bool
+    depth: bool = True
+    drop_rgb: bool = False
+    opts: tuple = ()
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def _time_calls(_models: dict, spec: tuple, rgb: np.ndarray, depth: np.ndarray | None, repeats: int
+                ) -> dict[str, compute.Timing]:
+    calls = {title: inference.forward_call(_models[title], rgb, depth if use_depth else None, drop_rgb=drop_rgb,
+                                           **dict(opts))
+             for title, _name, _trained, use_depth, drop_rgb, opts in spec}
+    return inference.time_forwards(calls, warmup=1, repeats=repeats)
+
+
+def time_calls(calls: Mapping[str, Timed], rgb: np.ndarray, depth: np.ndarray | None) -> dict[str, compute.Timing]:
+    """Wall time of each forward in ``calls``, measured against each other (one warm-up each, then
+    :data:`REPEATS` rounds with the models alternating); cached per models, input and options."""
+    models = {title: load_model(c.name, c.trained)[0] for title, c in calls.items()}
+    spec = tuple((title, c.name, c.trained, c.depth and depth is not None, c.drop_rgb, tuple(sorted(c.opts)))
+                 for title, c in calls.items())
+    return _time_calls(models, spec, rgb, depth, REPEATS)
+
+
+def time_metric(col, label: str, timing: compute.Timing, ratio: compute.TimeRatio | None = None,
+                reference: str = "") -> None:
+    """A time metric: the median, and versus ``reference`` a percentage only when the timing is steady (else
+    a coarse range marked noisy, colour off)."""
+    value = f"{'≈' if timing.noisy else ''}{timing.median_ms:.0f} ms"
+    if ratio is None:
+        col.metric(label, value, "noisy" if timing.noisy else f"IQR {timing.q1_ms:.0f}–{timing.q3_ms:.0f} ms",
+                   delta_color="off")
+        return
+    col.metric(label, value, ratio.delta_text(reference), delta_color="off" if ratio.noisy else "inverse",
+               help=f"{timing.text()}. " + ("Too noisy for a percentage: the range is the interquartile range of "
+                                            "the per-round time ratios." if ratio.noisy else
+                                            "Median of the per-round time ratios (the models alternated)."))
