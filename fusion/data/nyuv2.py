@@ -340,12 +340,20 @@ def read_split(root: str | Path | None, split: str) -> list[int]:
     official = official_split(split)  # validates the name
     if root is None:
         return official
-    if split == "fit":
-        val = set(read_split(root, "val"))
-        return [i for i in read_split(root, "train") if i not in val]
+    if split in ("fit", "val"):  # val is held out of this folder's train frames (a small folder may hold none)
+        train = read_split(root, "train")
+        train_set = set(train)
+        path = Path(root) / "val.txt"
+        val = set(_read_ids(path) if path.is_file() else official_split("val")) & train_set
+        return [i for i in train if (i in val) == (split == "val")]
     path = Path(root) / f"{split}.txt"
     if not path.is_file():
         return official
+    return _read_ids(path)
+
+
+def _read_ids(path: Path) -> list[int]:
+    """Frame ids from a split file: one integer per line, distinct, >= 0."""
     try:
         ids = [int(t) for t in path.read_text(encoding="utf-8").split()]
     except (ValueError, UnicodeDecodeError) as e:

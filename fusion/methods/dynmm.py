@@ -43,25 +43,86 @@ def temperature(cfg: GateConfig, progress: float) -> float:
 class FusionGate(nn.Module):
     """Per-input gate over fusion branches.
 
-    Inputs: the RGB stream's stage-1 features (computed on every path anyway) and a 4x4 thumbnail of the
-    depth map plus its valid-pixel fraction (a few hundred FLOPs), so the gate can see both modalities
-    without running the depth encoder.
+    Inputs: the RGB stream's stage-1 features (computed on every path anyway), average-pooled to a fixed
+    12x16 grid, and a few statistics of the raw depth map (a 4x4 thumbnail, the valid-pixel fraction, the
+    mean and spread of the valid depths: a few hundred FLOPs), so the gate sees both modalities without
+    running the depth encoder.
+
+    Why this shape: the first gate (a ReLU MLP on raw features, trained at 10x the network's learning rate)
+    died: on most frames every hidden ReLU was off and the decision was its output bias. Here the MLP's
+    input is layer-normalised and its hidden units are GELUs (no unit can switch off for good), and the
+    gate is trained on the frozen branches towards each input's best branch under the budget
+    (:func:`routing_target_loss`), whose gradient does not vanish before the decision is learnt.
     """
+
+    GRID = (12, 16)  # RGB summary grid
+    DEPTH_FEATURES = 19  # 4x4 thumbnail + valid fraction + mean + std of the valid depths
 
     def __init__(self, *, in_channels: int, cfg: GateConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.conv = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32),
+        self.conv = nn.Sequential(nn.Conv2d(in_channels, 32, 3, 1, 1, bias=False), nn.BatchNorm2d(32),
                                   nn.ReLU(inplace=True))
-        self.mlp = nn.Sequential(nn.Linear(32 + 17, cfg.hidden), nn.ReLU(inplace=True),
-                                 nn.Linear(cfg.hidden, cfg.num_branches))
+        n_in = 2 * 32 + self.DEPTH_FEATURES
+        self.norm = nn.LayerNorm(n_in)
+        self.mlp = nn.Sequential(nn.Linear(n_in, cfg.hidden), nn.GELU(), nn.Linear(cfg.hidden, cfg.num_branches))
+
+    @classmethod
+    def rgb_summary(cls, rgb_feat: torch.Tensor) -> torch.Tensor:
+        """(B, C, h, w) stage-1 features -> (B, C, 12, 16)."""
+        return F.adaptive_avg_pool2d(rgb_feat, cls.GRID)
+
+    @staticmethod
+    def depth_features(depth_norm: torch.Tensor, depth_valid: torch.Tensor) -> torch.Tensor:
+        """(B, 1, H, W) normalised depth (0 at holes) and its valid mask -> (B, 19) statistics."""
+        v = depth_valid.float()
+        frac = v.mean((1, 2, 3))  # (B,)
+        n = v.sum((1, 2, 3)).clamp_min(1.0)
+        mean = (depth_norm * v).sum((1, 2, 3)) / n
+        std = (((depth_norm - mean.view(-1, 1, 1, 1)) ** 2 * v).sum((1, 2, 3)) / n).sqrt()
+        thumb = F.adaptive_avg_pool2d(depth_norm, 4).flatten(1)  # (B, 16)
+        return torch.cat([thumb, frac[:, None], mean[:, None], std[:, None]], 1)
+
+    def head(self, summary: torch.Tensor, dfeat: torch.Tensor) -> torch.Tensor:
+        """Gate logits ``(B, K)`` from the RGB summary and the depth statistics."""
+        a = self.conv(summary)  # (B, 32, 12, 16)
+        feats = torch.cat([a.mean((2, 3)), a.amax((2, 3)), dfeat], 1)
+        return self.mlp(self.norm(feats))
 
     def forward(self, rgb_feat: torch.Tensor, depth_norm: torch.Tensor, depth_valid: torch.Tensor) -> torch.Tensor:
         """Return gate logits ``(B, K)``."""
-        a = self.conv(rgb_feat).mean((2, 3))  # (B, 32)
-        thumb = F.adaptive_avg_pool2d(depth_norm, 4).flatten(1)  # (B, 16)
-        valid = depth_valid.float().mean((1, 2, 3)).unsqueeze(1)  # (B, 1)
-        return self.mlp(torch.cat([a, thumb, valid], 1))
+        return self.head(self.rgb_summary(rgb_feat), self.depth_features(depth_norm, depth_valid))
+
+
+def expected_branch_loss(logits: torch.Tensor, branch_loss: torch.Tensor, branch_cost: torch.Tensor, *,
+                         resource_weight: float, tau: float = 1.0) -> torch.Tensor:
+    """DynMM's objective, task loss + lambda * resource loss, as an exact expectation over the gate.
+
+    ``branch_loss`` (B, K): each branch's own task loss on each input (all branches are evaluated in
+    training, as in the paper's code); ``branch_cost`` (K,): measured FLOPs normalised to max 1. With
+    ``p = softmax(logits / tau)`` the loss is ``mean_b sum_k p_bk (loss_bk + lambda * cost_k)``: the
+    straight-through estimate replaced by the expectation it estimates, so every branch's loss difference
+    reaches the gate on every input. Its minimiser routes each input to ``argmin_k loss_k + lambda cost_k``.
+    """
+    p = F.softmax(logits / tau, dim=1)  # (B, K)
+    return (p * (branch_loss + resource_weight * branch_cost.to(branch_loss))).sum(1).mean()
+
+
+def routing_target_loss(logits: torch.Tensor, branch_loss: torch.Tensor, branch_cost: torch.Tensor, *,
+                        resource_weight: float, temperature: float = 0.05) -> torch.Tensor:
+    """The DynMM objective as a classification target: cross-entropy of the gate against
+    ``q = softmax(-(loss_k + lambda * cost_k) / temperature)``.
+
+    :func:`expected_branch_loss` has the same best decision (``argmin_k loss_k + lambda cost_k``) but a
+    trap: its gradient ``p_k (L_k - E_p L)`` vanishes once the softmax saturates, and it saturates first on
+    the branch that is best *on average*, through the output bias, before the input-dependent weights
+    learn anything (we measured exactly that collapse: a constant gate). Here the gradient is ``p - q``,
+    zero only when the gate matches the per-input target, so the decision keeps learning from the input.
+    ``temperature`` (in loss units) sets how sharp the target is; near-ties stay soft.
+    """
+    cost = branch_loss + resource_weight * branch_cost.to(branch_loss)  # (B, K)
+    q = F.softmax(-cost / temperature, dim=1)
+    return -(q * F.log_softmax(logits, dim=1)).sum(1).mean()
 
 
 def straight_through(logits: torch.Tensor, *, tau: float, gumbel: bool) -> tuple[torch.Tensor, torch.Tensor]:

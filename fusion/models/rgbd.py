@@ -19,6 +19,7 @@ switches on the adapter set of the subset that is present.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fusion.compute import AllocationCounter
 from fusion.encoders.efficientnet_lite import RGB_MEAN, RGB_STD, STAGE_CHANNELS, EfficientNetLite0Encoder
-from fusion.methods.adapters import AdapterConfig, add_adapters, set_active_subset
+from fusion.methods.adapters import AdapterConfig, add_adapters, use_subset
 from fusion.methods.deq import DEQConfig, DEQFusion
 from fusion.methods.dynmm import FusionGate, GateConfig, resource_loss, straight_through
 from fusion.methods.sparse import SparseConfig, SparseTokenFusion
@@ -182,6 +183,7 @@ class RGBDSegmenter(nn.Module):
              trace: dict | None = None, opts: dict | None = None) -> torch.Tensor:
         """Hard path of branch ``k``: depth encoder stages ``0..k-1`` run and fuse; the rest never run.
         ``d=None`` (sparse/DEQ without depth): no depth stage runs; the method fuses RGB alone."""
+        out_size = tuple(x.shape[-2:])  # per call, never stored on the (shared) module
         feats = []
         for s in range(self.num_stages):
             x = rgb1 if (s == 0 and rgb1 is not None) else self.rgb_encoder.stages[s](x)
@@ -191,14 +193,14 @@ class RGBDSegmenter(nn.Module):
                 x = self._fuse(s, x, d, trace if trace is not None else {}, opts or {})
             feats.append(x)
         if trace is not None and self.kind == "deq" and trace.get("deq_states"):
-            trace["deq_ctx"] = (feats, trace["deq_out"], trace["deq_states"])  # decoded after FLOP counting
-        return self.decoder(feats, self._out_size)
+            trace["deq_ctx"] = (feats, trace["deq_out"], trace["deq_states"], out_size)  # decoded after counting
+        return self.decoder(feats, out_size)
 
     def _decode_iterates(self, ctx: tuple) -> dict[int, torch.Tensor]:
         """The prediction at selected solver iterations: each kept fused state, decoded like the final one.
         Run outside the FLOP counter: it is an explanation, not part of the model's forward."""
-        feats, final_out, states = ctx
-        return {t: self.decoder(feats[:DEQ_STAGE] + [feats[DEQ_STAGE] - final_out + st], self._out_size)
+        feats, final_out, states, out_size = ctx
+        return {t: self.decoder(feats[:DEQ_STAGE] + [feats[DEQ_STAGE] - final_out + st], out_size)
                 for t, st in states.items()}
 
     def _fuse(self, s: int, x: torch.Tensor, d: torch.Tensor | None, trace: dict, opts: dict) -> torch.Tensor:
@@ -245,8 +247,20 @@ class RGBDSegmenter(nn.Module):
                 cache[(s, m)] = self.fusions[s](f, dfeats[s]) if s < m else f
             return cache[(s, m)]
 
-        return torch.stack([self.decoder([feat(s, k) for s in range(self.num_stages)], self._out_size)
+        out_size = tuple(x.shape[-2:])
+        return torch.stack([self.decoder([feat(s, k) for s in range(self.num_stages)], out_size)
                             for k in range(self.num_stages + 1)])
+
+    @torch.no_grad()
+    def gate_data(self, rgb: torch.Tensor, depth: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """DynMM: what the gate sees and what every branch predicts, for learning and auditing the gate on
+        frozen branches. Returns the RGB summary ``(B, 24, 12, 16)``, the depth statistics ``(B, 19)`` and
+        every branch's logits ``(K, B, C, H, W)``. Run in eval mode."""
+        if not self.dynamic:
+            raise FusionError("gate_data is for DynMM models")
+        x, d, valid = self.normalise(rgb, depth)
+        rgb1 = self.rgb_encoder.stages[0](x)
+        return self.gate.rgb_summary(rgb1), self.gate.depth_features(d, valid), self._all_branches(x, d, rgb1)
 
     # ---- forward ------------------------------------------------------------------------------------
     def forward(self, inputs: dict[str, torch.Tensor], *, count_flops: bool = False, tau: float = 1.0,
@@ -266,7 +280,6 @@ class RGBDSegmenter(nn.Module):
             inputs = {self.single: inputs[self.single]}
         rgb, depth = _check_inputs(inputs, need_rgb=self.kind not in ("static", "adapted"))
         ref = rgb if rgb is not None else depth
-        self._out_size = tuple(ref.shape[-2:])
         notes: list[str] = []
         present = tuple(m for m, t in ((RGB, rgb), (DEPTH, depth)) if t is not None)
         if self.single:
@@ -284,7 +297,6 @@ class RGBDSegmenter(nn.Module):
         active = None
         if self.kind == "adapted":
             active = present[0] if len(present) == 1 and adapter not in (False, None, "none") else None
-            set_active_subset(self, active)
             if len(present) == 1:
                 notes.append(f"adapter set '{active}' (for {present[0]} only) switched on" if active else
                              "adapters off: the frozen static model alone")
@@ -292,6 +304,17 @@ class RGBDSegmenter(nn.Module):
             depth = torch.zeros_like(ref[:, :1])
         if rgb is None and not self.single:
             rgb = torch.full((ref.shape[0], 3, *ref.shape[-2:]), RGB_MEAN, dtype=ref.dtype, device=ref.device)
+        with use_subset(active) if self.kind == "adapted" else nullcontext():
+            out = self._forward_counted(rgb, depth, inputs, count_flops=count_flops, tau=tau,
+                                        force_branch=force_branch, adapter=adapter, opts=opts)
+        out.present, out.notes, out.adapter = present, notes + out.notes, active
+        return out
+
+    def _forward_counted(self, rgb: torch.Tensor, depth: torch.Tensor | None, inputs: dict[str, torch.Tensor], *,
+                         count_flops: bool, tau: float, force_branch: int | None, adapter: str | bool,
+                         opts: dict) -> SegmentationOutput:
+        """The forward of :meth:`forward` after input checks, FLOPs counted per input when asked."""
+        ref = rgb if rgb is not None else depth
         if count_flops and ref.shape[0] > 1:
             outs = [self.forward({m: t[i:i + 1] for m, t in inputs.items() if t is not None}, count_flops=True,
                                  tau=tau, force_branch=force_branch, adapter=adapter, **opts)
@@ -306,14 +329,13 @@ class RGBDSegmenter(nn.Module):
         ctx = out.extras.pop("deq_ctx", None)
         if ctx is not None:
             out.extras["iter_logits"] = self._decode_iterates(ctx)
-        out.present, out.notes, out.adapter = present, notes + out.notes, active
         return out
 
     def _forward(self, rgb: torch.Tensor | None, depth: torch.Tensor | None, *, tau: float,
                  force_branch: int | None, opts: dict) -> SegmentationOutput:
         if self.single == DEPTH:  # one depth encoder straight into the decoder
             d = torch.where(depth > 0, (depth - DEPTH_MEAN_M) / DEPTH_STD_M, torch.zeros_like(depth))
-            return SegmentationOutput(logits=self.decoder(self.depth_encoder(d), self._out_size), present=())
+            return SegmentationOutput(logits=self.decoder(self.depth_encoder(d), tuple(d.shape[-2:])), present=())
         if self.single == RGB:
             depth = None
         if depth is None:  # sparse / DEQ without depth; a dedicated RGB model
@@ -361,7 +383,6 @@ class RGBDSegmenter(nn.Module):
         ks = range(self.num_stages + 1) if self.dynamic else [self.num_stages]
         for k in ks:
             with FlopCounterMode(display=False) as fc:
-                self._out_size = size
                 self._forward(rgb, depth, tau=1.0, force_branch=k if self.dynamic else None, opts={})
             out.append(float(fc.get_total_flops()))
         self.train(was)
