@@ -426,23 +426,6 @@ def show_input(frame: Frame, rgb: np.ndarray, depth: np.ndarray | None, notes: l
             st.markdown(n)
 
 
-def card_summary(card: dict) -> dict:
-    """The card without bulky fields (per-class IoU, full config)."""
-    out = {k: v for k, v in card.items() if k not in ("config",)}
-    if isinstance(out.get("metrics"), dict):
-        out["metrics"] = {k: v for k, v in out["metrics"].items() if k != "per_class_iou"}
-    return out
-
-
-def show_cards(items: list[tuple[str, str]]) -> None:
-    """An expander with the model cards of [(title, checkpoint name)]."""
-    with st.expander("Model cards (data, licence, test-set scores, how to reproduce)"):
-        for title, name in items:
-            card = load_model(name, True)[1]
-            st.markdown(f"**{title}** — `{name}`")
-            st.json(card_summary(card), expanded=False)
-
-
 # --------------------------------------------------------------------------- drawing helpers
 
 
@@ -454,25 +437,6 @@ def metrics_line(pred: np.ndarray, gt: np.ndarray | None, n: int) -> str | None:
         return "no labelled pixels in this frame"
     return (f"pixel acc **{m['pixel_acc'] * 100:.1f}%** · mIoU **{m['miou'] * 100:.1f}%** "
             f"(this frame, {m['n_classes']} classes)")
-
-
-def draw_prediction(title: str, labels: np.ndarray, rgb: np.ndarray, gt: np.ndarray | None, n_cls: int, alpha: float,
-                    notes: list[str] = ()) -> None:
-    """One prediction column: bold title, overlay, this frame's scores against the ground truth, notes."""
-    st.markdown(f"**{title}**")
-    st.image(overlay(rgb, labels, alpha), width="stretch")
-    line = metrics_line(labels, gt, n_cls)
-    if line:
-        st.markdown(line)
-    for note in notes:
-        st.caption(note)
-
-
-def draw_legend(label_maps: list[np.ndarray], names: list[str]) -> None:
-    """Colour chips for the classes present (≥ 0.1% of the pixels) in any of the shown maps."""
-    present = np.concatenate([np.asarray(m).ravel() for m in label_maps])
-    entries = viz.legend_entries(present, names, min_fraction=0.001)
-    st.markdown(viz.legend_html(entries, show_fraction=False), unsafe_allow_html=True)
 
 
 def run_page(main) -> None:
