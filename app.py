@@ -15,5 +15,7 @@ sparse = st.Page("pages/sparse.py", title="RGB-D: sparse token fusion", icon=":m
 deq = st.Page("pages/deq.py", title="RGB-D: equilibrium fusion", icon=":material/all_inclusive:", url_path="deq")
 adapters = st.Page("pages/adapters.py", title="RGB-D: missing modalities", icon=":material/extension:",
                    url_path="adapters")
+evidence = st.Page("pages/evidence.py", title="Does it do what it claims?", icon=":material/fact_check:",
+                   url_path="evidence")
 
-st.navigation({"Fusion Explorer": [home], "RGB-D segmentation": [rgbd, sparse, deq, adapters]}).run()
+st.navigation({"Fusion Explorer": [home], "RGB-D segmentation": [rgbd, sparse, deq, adapters, evidence]}).run()
