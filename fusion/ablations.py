@@ -29,15 +29,11 @@ from fusion.types import DEPTH, RGB, FusionError
 
 
 def _miou(mat: torch.Tensor) -> float:
-    cm = ConfusionMatrix(mat.shape[-1])
-    cm.mat = mat.long()
-    return 100 * cm.miou()
+    return 100 * ConfusionMatrix.from_matrix(mat).miou()
 
 
 def _pixacc(mat: torch.Tensor) -> float:
-    cm = ConfusionMatrix(mat.shape[-1])
-    cm.mat = mat.long()
-    return 100 * cm.pixel_accuracy()
+    return 100 * ConfusionMatrix.from_matrix(mat).pixel_accuracy()
 
 
 def _confusion(logits: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:

@@ -77,23 +77,29 @@ def list_cards(task: str | None = None, root: Path = ASSETS) -> list[dict[str, A
     return [c for c in cards if task is None or c.get("task") == task]
 
 
+def card_path(name_or_path: str | Path, root: Path = ASSETS) -> Path:
+    """The card of a checkpoint given by name (in ``root``) or by its ``.json`` / ``.safetensors`` path."""
+    p = Path(name_or_path)
+    path = p.with_suffix(".json") if p.suffix in (".json", ".safetensors") else Path(root) / f"{p.name}.json"
+    if not path.exists():
+        raise FusionError(f"no checkpoint {name_or_path!r} (looked for {path})")
+    return path
+
+
 def load_checkpoint(name_or_path: str | Path, root: Path = ASSETS) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the model its card names and load its weights (as float32, eval mode)."""
-    p = Path(name_or_path)
-    card_path = p.with_suffix(".json") if p.suffix in (".json", ".safetensors") else Path(root) / f"{p.name}.json"
-    if not card_path.exists():
-        raise FusionError(f"no checkpoint {name_or_path!r} (looked for {card_path})")
-    card = read_card(card_path)
+    path = card_path(name_or_path, root)
+    card = read_card(path)
     try:
         model = create(card["registry"], **card["config"])
     except KeyError as e:
-        raise FusionError(f"model card {card_path} lacks {e}") from e
-    sd = _read_weights(card_path.with_name(card["weights"]))
+        raise FusionError(f"model card {path} lacks {e}") from e
+    sd = read_weights(path.with_name(card["weights"]))
     if card.get("base"):  # adapters: the frozen base checkpoint first, then the adapter tensors on top
-        base_card_path = card_path.with_name(f"{card['base']}.json")
+        base_card_path = path.with_name(f"{card['base']}.json")
         if not base_card_path.exists():
             raise FusionError(f"{card['name']} needs its base checkpoint {card['base']!r} next to it")
-        base = _read_weights(base_card_path.with_name(read_card(base_card_path)["weights"]))
+        base = read_weights(base_card_path.with_name(read_card(base_card_path)["weights"]))
         got = load_matching(model, base)
         missing = [k for k in got["new"] if k not in sd]
         model.load_state_dict(sd, strict=False)
@@ -105,7 +111,7 @@ def load_checkpoint(name_or_path: str | Path, root: Path = ASSETS) -> tuple[torc
     return model.eval(), card
 
 
-def _read_weights(wpath: Path) -> dict[str, torch.Tensor]:
+def read_weights(wpath: Path) -> dict[str, torch.Tensor]:
     try:
         sd = load_file(str(wpath))
     except Exception as e:  # safetensors raises its own error types

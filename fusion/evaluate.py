@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fusion.checkpoints import ASSETS, list_cards, load_checkpoint
+from fusion.checkpoints import ASSETS, card_path, list_cards, load_checkpoint, read_card
 from fusion.data.nyuv2 import NYUv2, find_root
 from fusion.metrics import ConfusionMatrix
 from fusion.types import DEPTH, RGB
@@ -215,10 +215,6 @@ def card_rows(root: Path = ASSETS) -> list[dict]:
     return rows
 
 
-def _card_path(name: str, card: dict) -> Path:
-    return Path(name) if Path(name).suffix == ".json" else ASSETS / f"{card['name']}.json"
-
-
 ADAPTER_KINDS = ("lora", "ssf", "bitfit")  # table and page order: most parameters first
 
 
@@ -286,7 +282,7 @@ def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -
             card.setdefault("metrics", {})[f"{sub}_only"] = {k: res[k] for k in ("miou", "pixel_acc")}
         card["metrics"]["base_no_adapter"] = dict(base_miou)
         if not limit:
-            _card_path(name, card).write_text(json.dumps(card, indent=2) + "\n")
+            card_path(name).write_text(json.dumps(card, indent=2) + "\n")
         matrix.append(_adapter_row(card))
     for name in dedicated:
         model, card = load_checkpoint(name)
@@ -295,7 +291,7 @@ def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -
         res = evaluate(model, ds_for(card), drop=drop, limit=limit, timing=False, flops=False, desc=name)
         card.setdefault("metrics", {})[f"{sub}_only"] = {k: res[k] for k in ("miou", "pixel_acc")}
         if not limit:
-            _card_path(name, card).write_text(json.dumps(card, indent=2) + "\n")
+            card_path(name).write_text(json.dumps(card, indent=2) + "\n")
         matrix.append(_dedicated_row(card, sub))
     return matrix, (limit or (len(next(iter(datasets.values()))) if datasets else 0))
 
@@ -364,7 +360,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 card["metrics"] = metrics  # the dense variant (evaluated next) is added to it
                 rows.append({"name": card["name"], "registry": card["registry"], "metrics": metrics})
         if not args.no_write_cards and not args.limit:
-            _card_path(name, card).write_text(json.dumps(card, indent=2) + "\n")
+            card_path(name).write_text(json.dumps(card, indent=2) + "\n")
     if args.readme and not args.limit and rows:
         write_readme_table(Path(args.readme), rows if args.no_write_cards else card_rows(), env)
     if args.pareto:
@@ -377,17 +373,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(json.dumps({k: v for k, v in res.items()}, indent=1))
         if not args.limit:
             for g in res["gates"]:
-                _, card = load_checkpoint(g["name"])
+                card = read_card(card_path(g["name"]))  # the card only: the model ran above
                 card["metrics"] = {"miou": g["miou"], "pixel_acc": g["pixel_acc"], "frames": res["frames"],
                                    "mean_gflops": g["mean_gflops"], "median_ms": g.get("median_ms"),
                                    "branch_hist": g["branch_hist"], "env": env, "pareto": g,
                                    "measured_by": "python -m fusion.evaluate --pareto (test split, read once)"}
                 if not args.no_write_cards:
-                    _card_path(g["name"], card).write_text(json.dumps(card, indent=2) + "\n")
+                    card_path(g["name"]).write_text(json.dumps(card, indent=2) + "\n")
             if args.control and not args.no_write_cards:
-                _, card = load_checkpoint(args.control)
+                card = read_card(card_path(args.control))
                 card["metrics"] = {**res["control"], "frames": res["frames"], "env": env}
-                _card_path(args.control, card).write_text(json.dumps(card, indent=2) + "\n")
+                card_path(args.control).write_text(json.dumps(card, indent=2) + "\n")
             if args.plot:
                 ablations.write_svg(Path(args.plot), ablations.dynmm_svg(res))
             (Path(args.plot).with_suffix(".json") if args.plot else Path("dynmm_pareto.json")).write_text(

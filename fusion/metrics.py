@@ -12,6 +12,13 @@ class ConfusionMatrix:
         self.ignore = ignore_index
         self.mat = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
+    @classmethod
+    def from_matrix(cls, mat: torch.Tensor) -> "ConfusionMatrix":
+        """Wrap an already accumulated ``(C, C)`` matrix (e.g. a sum of per-frame matrices)."""
+        cm = cls(mat.shape[-1])
+        cm.mat = mat.long()
+        return cm
+
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         keep = target != self.ignore
         idx = target[keep].long() * self.n + pred[keep].long()

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from fusion.checkpoints import ASSETS, load_matching, read_card, save_checkpoint
+from fusion.checkpoints import ASSETS, card_path, load_matching, read_card, read_weights, save_checkpoint
 from fusion.data.nyuv2 import IGNORE_INDEX, NYUv2, find_root
 from fusion.methods.dynmm import routing_target_loss
 from fusion.metrics import ConfusionMatrix
@@ -64,21 +64,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def load_branches(init: str) -> tuple[torch.nn.Module, dict]:
     """The stage-1 model with a fresh gate of the current design (the stage-1 gate was never trained)."""
-    path = Path(init)
-    card_path = path.with_suffix(".json") if path.suffix in (".json", ".safetensors") else ASSETS / f"{init}.json"
-    card = read_card(card_path)
+    path = card_path(init)
+    card = read_card(path)
     if card.get("registry") != "dynmm_rgbd":
-        raise FusionError(f"{card_path} is not a DynMM checkpoint")
-    from safetensors.torch import load_file
-
-    cfg = dict(card["config"])
-    model = create("dynmm_rgbd", **cfg)
-    sd = {k: v.float() if v.is_floating_point() else v
-          for k, v in load_file(str(card_path.with_name(card["weights"]))).items()}
+        raise FusionError(f"{path} is not a DynMM checkpoint")
+    model = create("dynmm_rgbd", **card["config"])
+    sd = read_weights(path.with_name(card["weights"]))
     got = load_matching(model, {k: v for k, v in sd.items() if not k.startswith("gate.")})
     missing = [k for k in got["new"] if not k.startswith("gate.") and k != "branch_cost"]
     if missing:
-        raise FusionError(f"{card_path} lacks {missing[:3]}")
+        raise FusionError(f"{path} lacks {missing[:3]}")
     return model.eval(), card
 
 
@@ -109,9 +104,7 @@ def cache_split(model: torch.nn.Module, ds, *, confusion: bool, desc: str) -> di
 
 def miou_of(conf: torch.Tensor, branch: torch.Tensor) -> float:
     """mIoU of routing frame i to ``branch[i]``, from per-frame per-branch confusion matrices."""
-    cm = ConfusionMatrix(conf.shape[-1])
-    cm.mat = conf[torch.arange(len(branch)), branch].sum(0).long()
-    return 100 * cm.miou()
+    return 100 * ConfusionMatrix.from_matrix(conf[torch.arange(len(branch)), branch].sum(0)).miou()
 
 
 def train_gate(model: torch.nn.Module, fit: dict, costs: torch.Tensor, lam: float, args) -> torch.nn.Module:
