@@ -38,7 +38,9 @@ def _pixacc(mat: torch.Tensor) -> float:
 
 def _confusion(logits: torch.Tensor, target: torch.Tensor, n: int) -> torch.Tensor:
     """(1, C, h, w) logits upsampled to the label's resolution -> (C, C) int32 confusion."""
-    up = F.interpolate(logits, size=target.shape[-2:], mode="bilinear", align_corners=False)
+    up = logits if logits.shape[-2:] == target.shape[-2:] else F.interpolate(
+        logits.contiguous(memory_format=torch.channels_last), size=target.shape[-2:], mode="bilinear",
+        align_corners=False)
     cm = ConfusionMatrix(n)
     cm.update(up.argmax(1)[0], target)
     return cm.mat.to(torch.int32)
@@ -295,3 +297,229 @@ def dynmm_svg(res: dict, *, width: int = 640, height: int = 400) -> str:
 def write_svg(path: Path, svg: str) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(svg + "\n")
+
+
+# --------------------------------------------------------------------------- sparse and DEQ fusion
+#
+# Both methods own the depth fusion of one encoder stage. Per frame, everything before that stage (and the
+# method-independent encoder outputs at it) is computed once; each setting then runs the block, the rest of
+# the network and the decoder, so the settings are scored on exactly the same features. These grids are
+# scored at the model's resolution (240x320, labels resized nearest, as the validation score): dozens of
+# settings per frame at 480x640 would take the 2-core machine most of an hour. The headline table
+# (``results:rgbd``) scores the shipped settings at the full 480x640.
+
+SPARSE_LEARNED = ("topk_attn", "topk", "attn_avg")  # pooling that decides which tokens by what it learnt
+SPARSE_BASELINES = ("random", "strided_random")  # the same number of tokens, not chosen by the model
+
+
+def _stage_prefix(model: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tensor) -> dict:
+    """Features up to the method's stage: fused RGB features of the earlier stages, the RGB and depth
+    encoder outputs at the method's stage, and the depth features of the later stages (depth stays
+    unimodal, so they do not depend on the setting)."""
+    s0 = model.method_stage
+    x, d, _ = model.normalise(rgb, depth)
+    feats = []
+    for s in range(s0):
+        x = model.rgb_encoder.stages[s](x)
+        d = model.depth_encoder.stages[s](d)
+        x = model._fuse(s, x, d, {}, {})
+        feats.append(x)
+    x = model.rgb_encoder.stages[s0](x)
+    ds = []
+    for s in range(s0, model.num_stages):
+        d = model.depth_encoder.stages[s](d)
+        ds.append(d)
+    return {"feats": feats, "x": x, "depths": ds, "size": tuple(rgb.shape[-2:])}
+
+
+def _stage_suffix(model: torch.nn.Module, pre: dict, opts: dict) -> tuple[torch.Tensor, dict]:
+    """Logits with the method's block run under ``opts`` (and the trace of that block)."""
+    s0 = model.method_stage
+    trace: dict = {}
+    feats = list(pre["feats"])
+    x = model._fuse(s0, pre["x"], pre["depths"][0], trace, opts)
+    feats.append(x)
+    for j, s in enumerate(range(s0 + 1, model.num_stages), start=1):
+        x = model._fuse(s, model.rgb_encoder.stages[s](x), pre["depths"][j], trace, {})
+        feats.append(x)
+    return model.decoder(feats, pre["size"]), trace
+
+
+def _zero_cost(scores: dict[str, dict], key: str) -> float:
+    return round(scores[key]["miou"] - scores["zeroed"]["miou"], 2)
+
+
+@torch.no_grad()
+def sparse_ablation(name: str, ds, *, ratios: Sequence[float] = (0.25, 0.125, 0.0625),
+                    modes: Sequence[str] = SPARSE_LEARNED + ("avg", "max") + SPARSE_BASELINES, limit: int = 0,
+                    desc: str = "sparse ablation") -> dict:
+    """Sparse token fusion: every pooling mode at every keep ratio, dense tokens (pool "none") and the block
+    zeroed, on the same frames. Window modes use a window sized from the keep ratio (about 1/ratio cells),
+    so every mode at a ratio feeds about the same number of tokens to the cross-modal layer. Random modes
+    are seeded (the block's eval seed): one fixed draw per frame."""
+    model, card = load_checkpoint(name)
+    if getattr(model, "kind", None) != "sparse":
+        raise FusionError(f"{name} is not a sparse_rgbd model")
+    model.eval()
+    block = model.token_fusion
+    shipped = {"pool": block.cfg.pool, "keep_ratio": block.cfg.keep_ratio}
+    auto = copy.deepcopy(model)  # window modes: the window follows the keep ratio
+    auto.token_fusion.cfg = __import__("dataclasses").replace(block.cfg, window=None)
+    settings = {"dense": (model, {"pool": "none"}), "zeroed": (model, {"zero_block": True})}
+    for r in ratios:
+        for m in modes:
+            settings[f"{m}@{r:g}"] = (auto if m in ("avg", "max", "attn_avg", "strided_random") else model,
+                                      {"pool": m, "keep_ratio": r})
+    settings["shipped"] = (model, dict(shipped))
+    n_cls = model.cfg.num_classes
+    conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in settings}
+    info: dict[str, dict] = {}
+    n = len(ds) if not limit else min(limit, len(ds))
+    s0 = model.method_stage
+    for i in tqdm(range(n), desc=desc, mininterval=15):
+        item = ds[i]
+        pre = _stage_prefix(model, item[RGB][None], item[DEPTH][None])
+        enc = block.encode({RGB: pre["x"], DEPTH: pre["depths"][0]})  # the unimodal layers: the same for all
+        for key, (m, opts) in settings.items():
+            first = key not in info
+            if first or key == "zeroed":  # the full path once per setting (FLOPs measured on it)
+                logits, tr = _stage_suffix(m, pre, {**opts, "_count": True} if key != "zeroed" else opts)
+            else:  # pooling, cross-modal layer and read-back on the cached unimodal tokens, then the rest
+                out, _ = m.token_fusion._pool_and_fuse(enc, opts["pool"], opts.get("keep_ratio"))
+                x = model.fusions[s0].se_rgb(pre["x"]) + out
+                feats = list(pre["feats"]) + [x]
+                for j, s in enumerate(range(s0 + 1, model.num_stages), start=1):
+                    feats.append(model._fuse(s, model.rgb_encoder.stages[s](feats[-1]), pre["depths"][j], {}, {}))
+                logits = model.decoder(feats, pre["size"])
+            conf[key] += _confusion(logits, item["label"], n_cls).long()
+            if first:
+                tk = tr.get("tokens")
+                info[key] = {"tokens_in": tk.tokens_before if tk else 0, "tokens_after": tk.tokens_after if tk else 0,
+                             "fusion_flops": tr.get("fusion_flops", 0.0)}
+    res = {"name": name, "frames": n, "shipped": shipped, "settings": {}}
+    for key, (m, opts) in settings.items():
+        res["settings"][key] = {**opts, "miou": round(_miou(conf[key]), 2), "pixel_acc": round(_pixacc(conf[key]), 2),
+                                **info[key]}
+    sc = res["settings"]
+    dense_flops = sc["dense"]["fusion_flops"]
+    for v in sc.values():
+        v["fusion_flops_vs_dense"] = round(v["fusion_flops"] / dense_flops, 4) if dense_flops else None
+    best = {}
+    for r in ratios:
+        learned = max(SPARSE_LEARNED, key=lambda m: sc[f"{m}@{r:g}"]["miou"]) if any(
+            f"{m}@{r:g}" in sc for m in SPARSE_LEARNED) else None
+        base = {m: sc[f"{m}@{r:g}"]["miou"] for m in SPARSE_BASELINES if f"{m}@{r:g}" in sc}
+        best[f"{r:g}"] = {"learned": learned, "learned_miou": sc[f"{learned}@{r:g}"]["miou"],
+                          "topk_attn_minus_random": round(sc[f"topk_attn@{r:g}"]["miou"] - base.get("random", float("nan")), 2),
+                          "topk_attn_minus_strided": round(sc[f"topk_attn@{r:g}"]["miou"]
+                                                           - base.get("strided_random", float("nan")), 2)}
+    res["per_ratio"] = best
+    res["zeroed_cost"] = _zero_cost(sc, "shipped")
+    res["shipped_vs_dense"] = round(sc["shipped"]["miou"] - sc["dense"]["miou"], 2)
+    res["token_reduction"] = round(sc["dense"]["tokens_after"] / max(sc["shipped"]["tokens_after"], 1), 2)
+    res["fusion_flops_reduction"] = round(dense_flops / max(sc["shipped"]["fusion_flops"], 1.0), 2)
+    return res
+
+
+@torch.no_grad()
+def deq_ablation(name: str, ds, *, steps: Sequence[int] = (1, 2, 3, 4, 6, 8, 11), limit: int = 0,
+                 desc: str = "deq ablation") -> dict:
+    """DEQ fusion: the prediction after k Anderson iterations (the solve's own iterates, decoded), at the
+    solver's fixed point (the shipped tolerance and cap), with plain fixed-point iteration at the same cap,
+    and with the block zeroed; plus per-frame convergence (relative residual below tol within the cap)."""
+    model, card = load_checkpoint(name)
+    if getattr(model, "kind", None) != "deq":
+        raise FusionError(f"{name} is not a deq_rgbd model")
+    model.eval()
+    cfg = model.deq_fusion.cfg
+    n_cls = model.cfg.num_classes
+    keys = [f"iter{k}" for k in steps] + ["fixed_point", "fixed_point_iteration", "zeroed"]
+    conf = {k: torch.zeros(n_cls, n_cls, dtype=torch.int64) for k in keys}
+    nstep, conv, rel = [], [], []
+    n = len(ds) if not limit else min(limit, len(ds))
+    for i in tqdm(range(n), desc=desc, mininterval=15):
+        item = ds[i]
+        target = item["label"]
+        pre = _stage_prefix(model, item[RGB][None], item[DEPTH][None])
+        trace: dict = {}
+        s0 = model.method_stage
+        x = model._fuse(s0, pre["x"], pre["depths"][0], trace, {"keep_states_at": tuple(steps)})
+        tr = trace["solver"]
+        nstep.append(int(tr.nstep[0]))
+        conv.append(bool(tr.converged[0]))
+        rel.append(float(tr.rel_residual[0]))
+        feats = list(pre["feats"]) + [x]
+        for j, s in enumerate(range(s0 + 1, model.num_stages), start=1):
+            feats.append(model._fuse(s, model.rgb_encoder.stages[s](feats[-1]), pre["depths"][j], {}, {}))
+        conf["fixed_point"] += _confusion(model.decoder(feats, pre["size"]), target, n_cls).long()
+        for k, logits in model._decode_iterates((feats, trace["deq_out"], tr.states, pre["size"])).items():
+            conf[f"iter{k}"] += _confusion(logits, target, n_cls).long()
+        for key, opts in (("fixed_point_iteration", {"solver": "fixed_point"}), ("zeroed", {"zero_block": True})):
+            logits, _ = _stage_suffix(model, pre, opts)
+            conf[key] += _confusion(logits, target, n_cls).long()
+    sc = {k: {"miou": round(_miou(conf[k]), 2), "pixel_acc": round(_pixacc(conf[k]), 2)} for k in keys}
+    return {"name": name, "frames": n, "solver": cfg.solver, "tol": cfg.tol, "max_iter": cfg.max_iter,
+            "stop_mode": cfg.stop_mode, "settings": sc,
+            "converged_percent": round(100 * float(np.mean(conv)), 2),
+            "mean_steps": round(float(np.mean(nstep)), 2), "max_steps": int(max(nstep)),
+            "rel_residual_p99": float(np.percentile(rel, 99)),
+            "zeroed_cost": _zero_cost(sc, "fixed_point"),
+            "one_step_cost": round(sc["fixed_point"]["miou"] - sc[f"iter{steps[0]}"]["miou"], 2)}
+
+
+def sparse_lines(res: dict, env: str, split: str) -> list[str]:
+    """The README block ``results:sparse_ablation``: pooling mode x keep ratio, dense, zeroed."""
+    sc = res["settings"]
+    ratios = sorted({v["keep_ratio"] for k, v in sc.items() if "@" in k}, reverse=True)
+    modes = list(dict.fromkeys(k.split("@")[0] for k in sc if "@" in k))
+    tok = {r: sc[f"{modes[0]}@{r:g}"]["tokens_after"] for r in ratios}
+    lines = ["| pooling | " + " | ".join(f"keep {r:g} ({tok[r]} tokens)" for r in ratios) + " |",
+             "|---|" + "---|" * len(ratios)]
+    for m in modes:
+        kind = "learned" if m in SPARSE_LEARNED else "baseline" if m in SPARSE_BASELINES else "fixed"
+        cells = []
+        for r in ratios:
+            v = sc[f"{m}@{r:g}"]
+            cells.append(f"{v['miou']:.2f}" + (f" ({v['tokens_after']})" if v["tokens_after"] != tok[r] else ""))
+        lines.append(f"| `{m}` ({kind}) | " + " | ".join(cells) + " |")
+    sh, dn, z = sc["shipped"], sc["dense"], sc["zeroed"]
+    lines += ["", "| setting | tokens into cross-modal attention | fusion-stage GFLOPs | mIoU | vs shipped |",
+              "|---|---|---|---|---|",
+              f"| shipped: `{sh['pool']}` keep {sh['keep_ratio']:g} | {sh['tokens_in']} → {sh['tokens_after']} "
+              f"({res['token_reduction']:.1f}x fewer) | {sh['fusion_flops'] / 1e9:.4f} "
+              f"({res['fusion_flops_reduction']:.1f}x fewer) | **{sh['miou']:.2f}** | - |",
+              f"| dense (`pool=none`) | {dn['tokens_in']} → {dn['tokens_after']} | {dn['fusion_flops'] / 1e9:.4f} | "
+              f"{dn['miou']:.2f} | {sh['miou'] - dn['miou']:+.2f} |",
+              f"| block output zeroed (no depth at stride 16) | - | 0 | {z['miou']:.2f} | {z['miou'] - sh['miou']:+.2f} |",
+              "", f"_Generated by `python -m fusion.evaluate --ablate {res['name']} --split {split}` on "
+              f"{res['frames']} NYUv2 {split} frames ({env}); mIoU (39 classes) at the model's 240x320 (labels resized "
+              "nearest). One checkpoint, pooling switched per call; window modes (`avg`, `max`, `attn_avg`, "
+              "`strided_random`) use a window of about 1/keep cells, so a count in brackets differs from the column's. "
+              "Random modes: one seeded draw per frame. Fusion stage = pooling, cross-modal layer and read-back "
+              "(FlopCounterMode)._"]
+    return lines
+
+
+def deq_lines(res: dict, env: str, split: str) -> list[str]:
+    """The README block ``results:deq_ablation``: solver iterates vs fixed point vs zeroed."""
+    sc = res["settings"]
+    iters = [k for k in sc if k.startswith("iter")]
+    fp = sc["fixed_point"]["miou"]
+    lines = ["| state fed to the network | mIoU | vs fixed point |", "|---|---|---|"]
+    for k in iters:
+        n = int(k[4:])
+        lines.append(f"| after {n} Anderson step{'s' if n > 1 else ''} | {sc[k]['miou']:.2f} | "
+                     f"{sc[k]['miou'] - fp:+.2f} |")
+    lines += [f"| **fixed point** (Anderson, rel. tol {res['tol']:g}, cap {res['max_iter']}) | **{fp:.2f}** | - |",
+              f"| plain fixed-point iteration, same tol and cap | {sc['fixed_point_iteration']['miou']:.2f} | "
+              f"{sc['fixed_point_iteration']['miou'] - fp:+.2f} |",
+              f"| block output zeroed (no depth at stride 32) | {sc['zeroed']['miou']:.2f} | "
+              f"{sc['zeroed']['miou'] - fp:+.2f} |",
+              "", f"Converged (relative residual < {res['tol']:g} within {res['max_iter']} Anderson steps): "
+              f"**{res['converged_percent']:.2f}%** of frames; mean {res['mean_steps']:.2f} steps, max "
+              f"{res['max_steps']}; 99th percentile of the final relative residual {res['rel_residual_p99']:.1e}.",
+              "", f"_Generated by `python -m fusion.evaluate --ablate {res['name']} --split {split}` on "
+              f"{res['frames']} NYUv2 {split} frames ({env}); mIoU (39 classes) at the model's 240x320 (labels resized "
+              "nearest). 'After k steps': the solve's own k-th iterate, decoded like the fixed point (a frame that "
+              "stopped earlier keeps its final state)._"]
+    return lines

@@ -328,6 +328,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--static", default="static_rgbd", help="--pareto: the static reference model")
     p.add_argument("--control", default=None, help="--pareto: the static model fine-tuned for the same extra epochs")
     p.add_argument("--plot", default="assets/figures/dynmm_pareto.svg", help="--pareto: where the SVG plot goes")
+    p.add_argument("--ablate", nargs="*", default=None, metavar="MODEL",
+                   help="sparse / DEQ checkpoints: the mechanism's ablation (pooling mode x keep ratio, dense and "
+                        "zeroed block; solver iterates, fixed point and zeroed block)")
+    p.add_argument("--ratios", type=float, nargs="*", default=None, help="--ablate sparse: keep ratios of the grid")
+    p.add_argument("--modes", nargs="*", default=None, help="--ablate sparse: pooling modes of the grid")
+    p.add_argument("--split", default="test", choices=("test", "val"),
+                   help="--ablate: the split (val to choose settings; test once, for the README)")
     p.add_argument("--readme", default=None, help="update this README's results tables")
     p.add_argument("--no-write-cards", action="store_true")
     args = p.parse_args(argv)
@@ -390,6 +397,31 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 json.dumps(res, indent=1) + "\n")
             if args.readme:
                 _replace_block(Path(args.readme), "dynmm", ablations.dynmm_lines(res, env))
+    for name in args.ablate or []:
+        from fusion import ablations
+
+        kind = getattr(load_checkpoint(name)[0], "kind", None)
+        ds = _FullLabels(root, 40, (240, 320), split=args.split)
+        if kind == "sparse":
+            grid = {k: tuple(v) for k, v in (("ratios", args.ratios), ("modes", args.modes)) if v}
+            res, lines = ablations.sparse_ablation(name, ds, limit=args.limit, **grid), ablations.sparse_lines
+        elif kind == "deq":
+            res, lines = ablations.deq_ablation(name, ds, limit=args.limit), ablations.deq_lines
+        else:
+            raise SystemExit(f"--ablate takes sparse_rgbd or deq_rgbd checkpoints; {name} is {kind}")
+        res["env"], res["split"] = env, args.split
+        print(json.dumps(res, indent=1))
+        if not args.limit:
+            out = Path("assets/figures") / f"{kind}_ablation_{args.split}.json"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(res, indent=1) + "\n")
+            if args.split == "test" and not args.no_write_cards:
+                card = read_card(card_path(name))
+                card.setdefault("metrics", {})["ablation"] = {
+                    k: v for k, v in res.items() if k not in ("settings",)}
+                card_path(name).write_text(json.dumps(card, indent=2) + "\n")
+            if args.readme and args.split == "test":
+                _replace_block(Path(args.readme), f"{kind}_ablation", lines(res, env, args.split))
     if args.robustness is not None:
         matrix, frames = robustness(args.robustness, args.dedicated, root, args.limit)
         print(json.dumps({"robustness": matrix}))

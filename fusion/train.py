@@ -88,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="sparse_rgbd: share of steps with a random pooling mode and keep ratio (else the config's)")
     p.add_argument("--deq-backward", choices=("implicit", "phantom"), default="implicit", help="deq_rgbd gradient")
     p.add_argument("--jac-reg", type=float, default=0.0, help="deq_rgbd Jacobian regularisation weight")
+    p.add_argument("--distill-epochs", type=int, default=0,
+                   help="sparse/deq_rgbd: for the first N epochs also regress the method block's output onto the "
+                        "depth term SE_depth(depth) of the --init model at that stage (warm-up, so the block "
+                        "starts carrying the depth it replaces)")
+    p.add_argument("--distill-weight", type=float, default=1.0, help="weight of that relative MSE")
     p.add_argument("--out", default="runs/train", help="run folder: log.jsonl, last.pt")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--export", default=None, help="write assets/checkpoints/NAME.* at the end")
@@ -149,6 +154,30 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
     return model
 
 
+class DepthTermTeacher:
+    """The ``--init`` static model, frozen: its depth term ``SE_depth(depth features)`` at one stage."""
+
+    def __init__(self, name: str, stage: int, device: torch.device) -> None:
+        teacher, _ = load_checkpoint(name)
+        if getattr(teacher, "kind", None) != "static" or teacher.single:
+            raise FusionError("--distill-epochs needs a two-stream static_rgbd checkpoint as --init")
+        self.model, self.stage = teacher.to(device).eval(), stage
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def __call__(self, rgb: torch.Tensor, depth: torch.Tensor) -> torch.Tensor:
+        _, d, _ = self.model.normalise(rgb, depth)
+        for s in range(self.stage + 1):
+            d = self.model.depth_encoder.stages[s](d)
+        return self.model.fusions[self.stage].se_depth(d)
+
+
+def distill_loss(block_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE relative to the target's mean square (scale-free across stages)."""
+    return F.mse_loss(block_out, target) / target.pow(2).mean().clamp_min(1e-8)
+
+
 def param_groups(model: torch.nn.Module, lr: float, wd: float, gate_lr_mult: float) -> list[dict]:
     """Encoders at 0.3x the LR, decoder/fusion at 1x, the DynMM gate at ``gate_lr_mult`` x: its
     straight-through gradient is weak and it starts from scratch while the rest is pre-trained."""
@@ -193,11 +222,21 @@ def loss_fn(model: torch.nn.Module, out, target: torch.Tensor, *, branches_only:
 @torch.no_grad()
 def val_score(model: torch.nn.Module, ds, device: torch.device) -> dict:
     """Validation mIoU at the training resolution (labels resized nearest), used only to choose the epoch.
-    A DynMM model is scored per forced branch (its gate is learnt later); the score is their mean."""
+    A DynMM model is scored per forced branch (its gate is learnt later); the score is their mean. An adapted
+    model is scored with each modality missing in turn (its adapter set on); the score is their mean."""
     from fusion.metrics import ConfusionMatrix
 
     was = model.training
     model.eval()
+    if getattr(model, "kind", None) == "adapted":  # each adapter set on its own subset, the other modality absent
+        cms = {m: ConfusionMatrix(model.cfg.num_classes) for m in SUBSETS}
+        for i in range(len(ds)):
+            item = ds[i]
+            for m, cm in cms.items():
+                cm.update(model({m: item[m][None].to(device)}).logits.argmax(1)[0].cpu(), item["label"])
+        model.train(was)
+        per = {m: round(100 * cm.miou(), 2) for m, cm in cms.items()}
+        return {"miou": round(sum(per.values()) / len(per), 2), "subset_miou": per}
     ks = list(range(model.num_stages + 1)) if getattr(model, "dynamic", False) else [None]
     cms = {k: ConfusionMatrix(model.cfg.num_classes) for k in ks}
     for i in range(len(ds)):
@@ -246,6 +285,11 @@ def main(argv: list[str] | None = None) -> dict:
         opt.load_state_dict(state["opt"])
         start_epoch, step = state["epoch"], state["step"]
         torch.set_rng_state(state["rng"])
+    teacher = None
+    if args.distill_epochs:
+        if model.kind not in ("sparse", "deq") or not args.init:
+            raise FusionError("--distill-epochs is for sparse_rgbd / deq_rgbd started from a static --init")
+        teacher = DepthTermTeacher(args.init, model.method_stage, device)
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=model.kind in ("sparse", "deq")
                                                     ) if world > 1 else model
     pool_rng = random.Random(args.seed + rank)
@@ -280,6 +324,10 @@ def main(argv: list[str] | None = None) -> dict:
             out = net(inputs, **kw)
             loss, logs = loss_fn(model, out, batch["label"].to(device), branches_only=args.branches_only,
                                branch_balance=args.branch_balance)
+            if teacher is not None and epoch < args.distill_epochs:
+                dl = distill_loss(out.extras["block_out"], teacher(inputs[RGB], inputs[DEPTH]))
+                loss = loss + args.distill_weight * dl
+                logs["distill"] = dl.item()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -336,6 +384,8 @@ def main(argv: list[str] | None = None) -> dict:
             "input_size": list(args.size), "num_classes": args.num_classes,
             "training": {**result, "epochs": args.epochs, "batch_size": args.batch_size * world, "lr": args.lr,
                          "seed": args.seed, "init": args.init, "resource_weight": args.resource_weight,
+                         **({"distill_epochs": args.distill_epochs, "distill_weight": args.distill_weight}
+                            if args.distill_epochs else {}),
                          "hardware": "CPU" if device.type == "cpu" else torch.cuda.get_device_name()},
             "command": cmd,
             "params": sum(p.numel() for p in model.parameters()),

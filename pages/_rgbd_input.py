@@ -401,14 +401,36 @@ def draw_depth_panel(panel: DepthPanel) -> None:
             st.caption(panel.fit_note[0].upper() + panel.fit_note[1:] + ".")
 
 
-def show_input(frame: Frame, rgb: np.ndarray, depth: np.ndarray | None, notes: list[str], no_depth_text: str) -> None:
-    """The input row: photo, depth picture (with the units, warnings and choices of an upload), notes."""
+NO_DEPTH_MAP = "No depth map"  # how a page's no-depth text starts when there is no depth map at all
+NO_DEPTH_USED = "No depth used"  # ... and when there is one but the user held it back
+
+
+def no_depth_words(text: str, held_back: bool) -> str:
+    """A page's no-depth text ("No depth map: ...") as it reads when the user held an existing depth map
+    back ("No depth used: ..."); unchanged when there is no depth map."""
+    if held_back and text.startswith(NO_DEPTH_MAP):
+        return NO_DEPTH_USED + text[len(NO_DEPTH_MAP):]
+    return text
+
+
+def show_input(frame: Frame, rgb: np.ndarray, depth: np.ndarray | None, notes: list[str], no_depth_text: str, *,
+               held_back: bool = False) -> None:
+    """The input row: photo, depth picture (with the units, warnings and choices of an upload), notes.
+
+    ``held_back``: the user switched depth off (a remove-depth toggle) although there is a depth map: it is
+    drawn as not given to the models, with ``no_depth_text`` reading "No depth used" instead of "No depth map".
+    """
     st.subheader(f"Input · {frame.title}")
     c_rgb, c_depth, c_notes = st.columns(3)
     c_rgb.image(rgb, caption=f"RGB {rgb.shape[1]}×{rgb.shape[0]}", width="stretch")
     panel = frame.depth_panel
     with c_depth:
-        if depth is not None:
+        if depth is not None and held_back:
+            pic, lo, hi, _ = depth_picture(depth)
+            st.image(pic, width="stretch",
+                     caption=f"the depth map, held back (not given to the models): blue {lo:.1f} m → red {hi:.1f} m")
+            st.caption(no_depth_words(no_depth_text, True))
+        elif depth is not None:
             pic, lo, hi, holes = depth_picture(depth)
             st.image(pic, width="stretch",
                      caption=f"depth: blue {lo:.1f} m → red {hi:.1f} m; black = no reading ({holes * 100:.1f}%)")

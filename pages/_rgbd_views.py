@@ -1,6 +1,7 @@
 """Shared views of the RGB-D pages: a segmentation map with its own legend, the without-depth change table,
-model cards as tables, and times measured with the models interleaved. Inputs and model loading live in
-``pages/_rgbd_input.py``; this module only draws what ``fusion`` computes.
+the block-off comparison of the sparse and DEQ pages, model cards as tables, and times measured with the
+models interleaved. Inputs and model loading live in ``pages/_rgbd_input.py``; this module only draws what
+``fusion`` computes.
 """
 from __future__ import annotations
 
@@ -54,6 +55,30 @@ def change_table(before: np.ndarray, after: np.ndarray, names: Sequence[str], *,
         return
     st.table(pd.DataFrame([{before_col: c.before, "→": "→", after_col: c.after,
                             "share of image": f"{c.fraction * 100:.1f}%"} for c in changes]), hide_index=True)
+
+
+def block_off_comparison(on: Mapping, off: Mapping, background: np.ndarray, names: Sequence[str], alpha: float, *,
+                         on_title: str, gt: np.ndarray | None = None, n_cls: int | None = None) -> float:
+    """The method block switched off, next to the normal run: both segmentations (each with its legend),
+    the pixels that changed label and what changed into what. ``on`` / ``off``: runs of the same model on
+    the same input (``labels``, ``flops``, ``notes``). Returns the share of pixels that changed."""
+    changed = viz.changed_mask(on["labels"], off["labels"])
+    share = float(changed.mean())
+    c_on, c_off, c_diff = st.columns(3)
+    with c_on:
+        draw_map(on_title, on["labels"], background, names, alpha, gt=gt, n_cls=n_cls)
+    with c_off:
+        draw_map("block off (its output zeroed)", off["labels"], background, names, alpha, gt=gt, n_cls=n_cls,
+                 notes=off.get("notes", ()))
+    with c_diff:
+        st.markdown(f"**Block on → off**: {share * 100:.1f}% of pixels change label")
+        st.image(viz.change_image(background, changed), width="stretch",
+                 caption=f"magenta = label changed ({int(changed.sum()):,} pixels)")
+        change_table(on["labels"], off["labels"], names, before_col="block on", after_col="block off")
+        if on.get("flops") and off.get("flops"):
+            st.caption(f"whole model {viz.format_flops(on['flops'])} → {viz.format_flops(off['flops'])} "
+                       "with the block off (exact, FlopCounterMode)")
+    return share
 
 
 # --------------------------------------------------------------------------- model cards

@@ -1,6 +1,7 @@
 """Deep-equilibrium fusion page (Ni et al.): the fused state is the fixed point of a recursive block; watch
 the solver converge on this input, change solver / tolerance / iteration cap live, see the prediction at
-chosen iterations, and the same with depth removed.
+chosen iterations, the same with depth removed, and (block switched off: its output zeroed) what the
+equilibrium block contributes.
 
 Thin: widgets -> ``fusion`` -> drawing. Widget keys start with ``deq_``.
 """
@@ -12,7 +13,7 @@ import streamlit as st
 from pages._nav import ensure_navigation_mode
 from pages._rgbd_input import (checkpoint_or_untrained, class_names, gt_targets, prepare, read_input, run_page,
                                segment, show_input, sidebar)
-from pages._rgbd_views import Timed, draw_ground_truth, draw_map, show_card_tables, time_calls
+from pages._rgbd_views import Timed, block_off_comparison, draw_ground_truth, draw_map, show_card_tables, time_calls
 
 from fusion import compute, viz
 from fusion.methods.deq import SOLVERS, DEQConfig
@@ -23,6 +24,16 @@ TOLS = [1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 1e-5]
 SOLVER_HELP = {"anderson": "Anderson acceleration (mixes the last few iterates; default)",
                "broyden": "limited-memory Broyden quasi-Newton",
                "fixed_point": "plain iteration z ← f(z)"}
+STAGE_TEXT = (
+    "**Where depth enters.** At stride 32 depth reaches the RGB stream **only through this block**: that "
+    "stage's output is SE_rgb(rgb) + block(rgb, depth), where SE_rgb re-weights the RGB channels and never sees "
+    "depth; there is no SE-add of depth beside the block. The other three stages (strides 4, 8 and 16) fuse "
+    "depth with the static model's SE-add, SE_rgb(rgb) + SE_depth(depth). Switch the block off in the sidebar "
+    "to see what it contributes on this input.")
+ZERO_HELP = ("Zero the equilibrium block's output: the stride-32 stage is then SE_rgb(rgb) alone, so depth does "
+             "not reach the RGB stream at that stage and no fixed point is solved. The other stages keep their "
+             "SE-add fusion. The page then shows the segmentation with the block off next to the normal one "
+             "(the fixed point), and what changed into what.")
 SOLVER_SHORT = {"anderson": "Anderson", "broyden": "Broyden", "fixed_point": "plain iteration"}  # sidebar box
 
 
@@ -43,6 +54,7 @@ def main() -> None:
         "modality gates (*purify*) before they are summed and projected (*combine*) — and the fusion is its "
         "**fixed point** z* = f(z*; x), found by a root solver rather than by stacking layers. The residual "
         "‖f(z) − z‖ / ‖f(z)‖ below is this input's own, measured at every solver step.")
+    st.caption(STAGE_TEXT)
     opts = sidebar("deq")
     cfg = DEQConfig()
     sb = st.sidebar
@@ -55,6 +67,8 @@ def main() -> None:
                            help="Relative residual ‖f(z) − z‖ / ‖f(z)‖ below which a solve stops.")
     max_iter = sb.slider("Max iterations", 2, 60, cfg.max_iter, key="deq_max_iter",
                          help="The cap: the solver stops here even if the residual is still above tolerance.")
+    sb.header("Ablation")
+    zero_block = sb.toggle("Switch the block off", value=False, key="deq_zero_block", help=ZERO_HELP)
     frame = read_input(opts)
     if frame is None:
         return
@@ -71,6 +85,8 @@ def main() -> None:
             runs["depth removed"] = segment(name, trained, rgb, None, repeats=0, keep_states_at=its, **solve_kw)
             timed["depth removed"] = Timed(name, trained, depth=False, opts=tuple(solve_kw.items()))
         times = time_calls(timed, rgb, depth)
+        # zeroed, the block is not run: no solve, so the solver options do not apply (nor split the cache)
+        off = segment(name, trained, rgb, depth, repeats=0, zero_block=True) if zero_block else None
     main_run = next(iter(runs.values()))
     n_cls = main_run.num_classes
     names = class_names(n_cls)
@@ -117,6 +133,15 @@ def main() -> None:
     frac = [float(np.mean((main_run.iter_labels.get(i, main_run.labels) if i < n_main else main_run.labels)
                           != main_run.labels)) for i in ks]
     st.plotly_chart(viz.settling_figure(ks, frac), key="deq_settle_chart", width="stretch")
+    if off is not None:
+        st.subheader("Block switched off: what the equilibrium fusion contributes")
+        st.caption("The same model on the same input with the equilibrium block's output zeroed: the stride-32 "
+                   "stage is then SE_rgb(rgb) alone and nothing is solved, so "
+                   + ("no depth reaches the RGB stream there (the other stages still fuse it with SE-add)."
+                      if depth is not None else "the RGB features get no equilibrium refinement there.")
+                   + f" Left: the fixed point ({main_title}); middle: block off; right: what changed.")
+        block_off_comparison(main_run, off, rgb, names, opts["alpha"], on_title=f"block on · {main_title}", gt=gt,
+                             n_cls=n_cls)
     for r in runs.values():
         for note in r.notes:
             st.caption(note)

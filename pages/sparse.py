@@ -1,5 +1,6 @@
 """Sparse token fusion page (SFT, Ding et al.): which tokens of each modality survive the pooling before
-cross-modal attention, and what that saves — live, for a pooling mode and keep ratio the user picks.
+cross-modal attention, and what that saves — live, for a pooling mode and keep ratio the user picks; and,
+with the block switched off (its output zeroed), what the block contributes on this input.
 
 Thin: widgets -> ``fusion`` -> drawing. Widget keys start with ``sft_``.
 """
@@ -8,9 +9,10 @@ from __future__ import annotations
 import streamlit as st
 
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, depth_picture, gt_targets, prepare,
-                               read_input, run_page, segment, show_input, sidebar)
-from pages._rgbd_views import Timed, change_table, draw_map, show_card_tables, time_calls, time_metric
+from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, depth_picture, gt_targets, no_depth_words,
+                               prepare, read_input, run_page, segment, show_input, sidebar)
+from pages._rgbd_views import (Timed, block_off_comparison, change_table, draw_map, show_card_tables, time_calls,
+                               time_metric)
 
 from fusion import compute, inference, viz
 from fusion.methods.sparse import POOL_MODES, SparseConfig
@@ -32,6 +34,16 @@ POOL_SHORT = {  # what the sidebar box shows: short enough not to be cut off
     "attn_avg": "attn_avg — weighted", "topk_attn": "topk_attn — attention", "random": "random — control",
     "strided_random": "strided_random — control",
 }
+STAGE_TEXT = (
+    "**Where depth enters.** At stride 16 depth reaches the RGB stream **only through this block**: that "
+    "stage's output is SE_rgb(rgb) + block(rgb, depth), where SE_rgb re-weights the RGB channels and never sees "
+    "depth; there is no SE-add of depth beside the block. The other three stages (strides 4, 8 and 32) fuse "
+    "depth with the static model's SE-add, SE_rgb(rgb) + SE_depth(depth). Switch the block off in the sidebar "
+    "to see what it contributes on this input.")
+ZERO_HELP = ("Zero the token-fusion block's output: the stride-16 stage is then SE_rgb(rgb) alone, so depth does "
+             "not reach the RGB stream at that stage (and the RGB tokens get no cross-modal refinement). The "
+             "other stages keep their SE-add fusion. The page then shows the segmentation with the block off next "
+             "to the normal one, and what changed into what.")
 KEEP = {"1/4": 0.25, "1/8": 0.125, "1/10": 0.1, "1/16": 0.0625, "1/32": 0.03125}
 
 
@@ -57,6 +69,7 @@ def main() -> None:
         "attention layer. Segmentation needs every pixel, so the RGB stream's full token grid reads the small "
         "fused set back through one cross-attention (our adaptation of the paper's classifier design). "
         "Change the pooling below: the model re-runs live.")
+    st.caption(STAGE_TEXT)
     opts = sidebar("sft")
     cfg = SparseConfig()
     name, trained = checkpoint_or_untrained("sparse_rgbd", "sparse-fusion")[0]
@@ -76,16 +89,21 @@ def main() -> None:
              + ("" if uses_keep else f" **Not used by '{pool}'.**"))
     remove_depth = st.sidebar.toggle("Remove depth", value=False, key="sft_remove_depth",
                                      help="Fuse RGB tokens alone (the depth encoder does not run).")
+    st.sidebar.header("Ablation")
+    zero_block = st.sidebar.toggle("Switch the block off", value=False, key="sft_zero_block", help=ZERO_HELP)
     frame = read_input(opts)
     if frame is None:
         return
     rgb, depth, label40, notes = prepare(frame.rgb, frame.depth, frame.label40)
-    show_input(frame, rgb, depth, frame.notes + notes, "No depth map: only RGB tokens are fused.")
+    show_input(frame, rgb, depth, frame.notes + notes, "No depth map: only RGB tokens are fused.",
+               held_back=remove_depth)
     d_in = None if remove_depth else depth
     sp_opts = {"pool": pool, **({"keep_ratio": KEEP[keep_label]} if uses_keep else {})}
     with st.spinner("Running the sparse and the dense variant, then timing them against each other…"):
         sp = segment(name, trained, rgb, d_in, repeats=0, **sp_opts)
         dn = segment(name, trained, rgb, d_in, repeats=0, pool="none")
+        # the block is not run at all when zeroed: pooling options do not apply (and would only split the cache)
+        off = segment(name, trained, rgb, d_in, repeats=0, zero_block=True) if zero_block else None
         times = time_calls({"sparse": Timed(name, trained, opts=tuple(sp_opts.items())),
                             "dense": Timed(name, trained, opts=(("pool", "none"),))}, rgb, d_in)
     tk, tkd = sp.tokens, dn.tokens
@@ -108,7 +126,8 @@ def main() -> None:
         col.image(viz.token_overlay(pic, grid, tk["scores"][m], tk["kept"][m], tk["windows"][m]), width="stretch",
                   caption=f"{m}: {grid[0]}×{grid[1]} = {grid[0] * grid[1]} tokens → {n_kept} into fusion")
     if d_in is None:
-        cols[1].info("Depth removed or absent: only RGB tokens go into the fusion layer.")
+        cols[1].info(no_depth_words("No depth map: only RGB tokens go into the fusion layer.",
+                                    held_back=depth is not None))
 
     st.subheader("What it costs: cross-modal stage, sparse vs dense")
     rows = [{"name": f"{pool} ({tk['after']} tokens)", "tokens": tk["after"], "flops": sp.fusion_flops,
@@ -143,6 +162,14 @@ def main() -> None:
         st.markdown(f"**Where they differ**: {changed.mean() * 100:.1f}% of pixels")
         st.image(viz.change_image(rgb, changed), width="stretch", caption="magenta = label differs")
         change_table(sp.labels, dn.labels, names, before_col="sparse", after_col="dense")
+    if off is not None:
+        st.subheader("Block switched off: what the token fusion contributes")
+        st.caption("The same model on the same input with the token-fusion block's output zeroed: the stride-16 "
+                   "stage is then SE_rgb(rgb) alone, so "
+                   + ("no depth reaches the RGB stream there (the other stages still fuse it with SE-add)."
+                      if d_in is not None else "the RGB tokens get no refinement there (depth is off anyway).")
+                   + " Left: the normal run with the pooling chosen above; middle: block off; right: what changed.")
+        block_off_comparison(sp, off, rgb, names, opts["alpha"], on_title=f"block on · {pool}", gt=gt, n_cls=n_cls)
     if trained:
         show_card_tables([("Sparse token fusion", name)])
 

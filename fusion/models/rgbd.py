@@ -6,8 +6,10 @@ Two registered models share this file:
 * ``static_rgbd`` — ESANet-style SE-add fusion at all four stages (:mod:`fusion.methods.static`).
 * ``dynmm_rgbd`` — the same network with a DynMM gate (:mod:`fusion.methods.dynmm`) that picks, per
   input, how many stages get depth (``k = 0..4``); depth stages the branch does not use are not run.
-* ``sparse_rgbd`` — the stride-16 SE-add is replaced by sparse token fusion (:mod:`fusion.methods.sparse`).
-* ``deq_rgbd`` — the stride-32 SE-add is replaced by deep-equilibrium fusion (:mod:`fusion.methods.deq`).
+* ``sparse_rgbd`` — at stride 16 depth reaches the RGB stream only through sparse token fusion
+  (:mod:`fusion.methods.sparse`): ``SE_rgb(rgb) + tokens(rgb, depth)``, no SE-add of depth there.
+* ``deq_rgbd`` — at stride 32 depth reaches the RGB stream only through deep-equilibrium fusion
+  (:mod:`fusion.methods.deq`), likewise.
 * ``adapted_rgbd`` — the static network, frozen, with per-missing-subset adapters
   (:mod:`fusion.methods.adapters`) that switch on when a modality is absent.
 
@@ -33,7 +35,7 @@ from fusion.methods.adapters import AdapterConfig, add_adapters, use_subset
 from fusion.methods.deq import DEQConfig, DEQFusion
 from fusion.methods.dynmm import FusionGate, GateConfig, resource_loss, straight_through
 from fusion.methods.sparse import SparseConfig, SparseTokenFusion
-from fusion.methods.static import SEAddFusion
+from fusion.methods.static import SEAddFusion, SqueezeExcite
 from fusion.registry import register
 from fusion.types import DEPTH, RGB, FusionError, SegmentationOutput
 
@@ -79,6 +81,20 @@ class Decoder(nn.Module):
             x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False) + skip
             x = self.smooth[i](x)
         return F.interpolate(self.classifier(x), size=out_size, mode="bilinear", align_corners=False)
+
+
+class MethodStage(nn.Module):
+    """Fusion at the sparse / DEQ model's own stage: ``fused = SE_rgb(rgb) + block({rgb, depth})``.
+
+    The RGB stream keeps the static model's channel re-weighting (``se_rgb``, which sees no depth) and depth
+    reaches the RGB stream at this stage *only* through the method's block: there is no SE-add of depth
+    beside it. Zeroing the block's output therefore removes this stage's depth (and the block's own RGB
+    refinement), which is what the ablations measure."""
+
+    def __init__(self, *, channels: int, block: nn.Module) -> None:
+        super().__init__()
+        self.se_rgb = SqueezeExcite(channels=channels)  # same name as in SEAddFusion: loads from static_rgbd
+        self.block = block
 
 
 SPARSE_STAGE = 2  # stride-16 features (112 channels, 15x20 tokens at 240x320)
@@ -139,11 +155,12 @@ class RGBDSegmenter(nn.Module):
         fusions: list[nn.Module] = [SEAddFusion(channels=c) for c in STAGE_CHANNELS] if not self.single else []
         if kind == "sparse":
             c = STAGE_CHANNELS[SPARSE_STAGE]
-            fusions[SPARSE_STAGE] = SparseTokenFusion(in_channels={RGB: c, DEPTH: c}, primary=RGB, out_channels=c,
-                                                      cfg=cfg.sparse or SparseConfig())
+            fusions[SPARSE_STAGE] = MethodStage(channels=c, block=SparseTokenFusion(
+                in_channels={RGB: c, DEPTH: c}, primary=RGB, out_channels=c, cfg=cfg.sparse or SparseConfig()))
         if kind == "deq":
             c = STAGE_CHANNELS[DEQ_STAGE]
-            fusions[DEQ_STAGE] = DEQFusion(in_channels={RGB: c, DEPTH: c}, out_channels=c, cfg=cfg.deq or DEQConfig())
+            fusions[DEQ_STAGE] = MethodStage(channels=c, block=DEQFusion(
+                in_channels={RGB: c, DEPTH: c}, out_channels=c, cfg=cfg.deq or DEQConfig()))
         self.fusions = nn.ModuleList(fusions)
         self.decoder = Decoder(in_channels=STAGE_CHANNELS, channels=cfg.decoder_channels, num_classes=cfg.num_classes)
         if self.dynamic:
@@ -166,11 +183,16 @@ class RGBDSegmenter(nn.Module):
 
     @property
     def token_fusion(self) -> SparseTokenFusion | None:
-        return self.fusions[SPARSE_STAGE] if self.kind == "sparse" else None
+        return self.fusions[SPARSE_STAGE].block if self.kind == "sparse" else None
 
     @property
     def deq_fusion(self) -> DEQFusion | None:
-        return self.fusions[DEQ_STAGE] if self.kind == "deq" else None
+        return self.fusions[DEQ_STAGE].block if self.kind == "deq" else None
+
+    @property
+    def method_stage(self) -> int | None:
+        """The stage whose depth fusion is the method's block (sparse / DEQ), else None."""
+        return {"sparse": SPARSE_STAGE, "deq": DEQ_STAGE}.get(self.kind)
 
     # ---- pieces -------------------------------------------------------------------------------------
     @staticmethod
@@ -205,25 +227,32 @@ class RGBDSegmenter(nn.Module):
 
     def _fuse(self, s: int, x: torch.Tensor, d: torch.Tensor | None, trace: dict, opts: dict) -> torch.Tensor:
         """Fuse depth into the RGB stream at stage ``s`` (the method's own block where it has one)."""
-        if (self.kind, s) in (("sparse", SPARSE_STAGE), ("deq", DEQ_STAGE)):
+        if s == self.method_stage:
+            stage = self.fusions[s]
+            if opts.get("zero_block"):  # ablation: the block's output zeroed (this stage gets no depth)
+                trace["zeroed"] = True
+                return stage.se_rgb(x)
+            block = stage.block
             maps = {RGB: x} if d is None else {RGB: x, DEPTH: d}
             names = ("pool", "keep_ratio") if self.kind == "sparse" else (
                 "solver", "max_iter", "tol", "stop_mode", "keep_states_at")
             kw = {k: v for k, v in opts.items() if k in names}
             if opts.get("_count") and self.kind == "sparse":  # the block splits unimodal / cross-modal cost
-                out, tr = self.fusions[s](maps, measure=True, **kw)
+                out, tr = block(maps, measure=True, **kw)
                 trace["fusion_flops"], trace["fusion_bytes"] = tr.fusion_flops, tr.fusion_bytes
             elif opts.get("_count"):  # the fusion block's own FLOPs and allocations (nested counters)
                 with FlopCounterMode(display=False) as fc, AllocationCounter() as mem:
-                    out, tr = self.fusions[s](maps, **kw)
+                    out, tr = block(maps, **kw)
                 trace["fusion_flops"], trace["fusion_bytes"] = float(fc.get_total_flops()), float(mem.bytes)
             else:
-                out, tr = self.fusions[s](maps, **kw)
+                out, tr = block(maps, **kw)
             if self.kind == "sparse":
                 trace["tokens"] = tr
             else:
                 trace["solver"], trace["deq_out"], trace["deq_states"] = tr, out, tr.states
-            return x + out
+            if self.training:
+                trace["block_out"] = out  # for the distillation warm-up (fusion.train --distill-epochs)
+            return stage.se_rgb(x) + out
         if d is None:
             return x  # sparse / DEQ models without depth: SE-add stages have nothing to add
         return self.fusions[s](x, d)
@@ -270,8 +299,10 @@ class RGBDSegmenter(nn.Module):
         ``force_branch`` (DynMM) overrides the gate, e.g. to compare branches on one input. ``adapter``
         (adapted model): "auto" switches on the adapter set of the present subset, False runs the frozen
         base alone. ``opts``: per-call method settings for the app's live controls — sparse: ``pool``,
-        ``keep_ratio``; DEQ: ``solver``, ``max_iter``, ``tol``, ``stop_mode``, ``keep_states_at``."""
-        bad = set(opts) - {"pool", "keep_ratio", "solver", "max_iter", "tol", "stop_mode", "keep_states_at", "_count"}
+        ``keep_ratio``; DEQ: ``solver``, ``max_iter``, ``tol``, ``stop_mode``, ``keep_states_at``; both:
+        ``zero_block=True`` zeroes the method block's output (the ablation: that stage then gets no depth)."""
+        bad = set(opts) - {"pool", "keep_ratio", "solver", "max_iter", "tol", "stop_mode", "keep_states_at", "zero_block",
+                           "_count"}
         if bad:
             raise FusionError(f"unknown forward options {sorted(bad)}")
         if self.single:  # dedicated single-modality model: its modality is required, the other ignored
@@ -367,7 +398,7 @@ class RGBDSegmenter(nn.Module):
 
     @staticmethod
     def _traced(logits: torch.Tensor, trace: dict) -> SegmentationOutput:
-        extras = {k: trace[k] for k in ("deq_ctx", "fusion_flops", "fusion_bytes") if k in trace}
+        extras = {k: trace[k] for k in ("deq_ctx", "fusion_flops", "fusion_bytes", "block_out", "zeroed") if k in trace}
         return SegmentationOutput(logits=logits, present=(), tokens=trace.get("tokens"), solver=trace.get("solver"),
                                   extras=extras)
 
