@@ -406,10 +406,10 @@ def sparse_ablation(name: str, ds, *, ratios: Sequence[float] = (0.25, 0.125, 0.
         v["fusion_flops_vs_dense"] = round(v["fusion_flops"] / dense_flops, 4) if dense_flops else None
     best = {}
     for r in ratios:
-        learned = max(SPARSE_LEARNED, key=lambda m: sc[f"{m}@{r:g}"]["miou"]) if any(
-            f"{m}@{r:g}" in sc for m in SPARSE_LEARNED) else None
+        present = [m for m in SPARSE_LEARNED if f"{m}@{r:g}" in sc]
+        learned = max(present, key=lambda m: sc[f"{m}@{r:g}"]["miou"]) if present else None
         base = {m: sc[f"{m}@{r:g}"]["miou"] for m in SPARSE_BASELINES if f"{m}@{r:g}" in sc}
-        best[f"{r:g}"] = {"learned": learned, "learned_miou": sc[f"{learned}@{r:g}"]["miou"],
+        best[f"{r:g}"] = {"learned": learned, "learned_miou": sc[f"{learned}@{r:g}"]["miou"] if learned else None,
                           "topk_attn_minus_random": round(sc[f"topk_attn@{r:g}"]["miou"] - base.get("random", float("nan")), 2),
                           "topk_attn_minus_strided": round(sc[f"topk_attn@{r:g}"]["miou"]
                                                            - base.get("strided_random", float("nan")), 2)}
