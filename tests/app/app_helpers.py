@@ -33,3 +33,17 @@ def synthetic_rgbd(h: int = 96, w: int = 128, seed: int = 0) -> tuple[np.ndarray
 
 def shared_data_present() -> bool:
     return (SHARED_NYUV2 / "test.txt").exists() and (SHARED_NYUV2 / "images").is_dir()
+
+
+def page_texts(at) -> str:
+    """Every text an AppTest run shows: markdown, captions, subheaders, messages and metrics."""
+    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
+    parts += [e.value for e in at.info] + [e.value for e in at.warning] + [e.value for e in at.error]
+    parts += [f"{m.label} {m.value} {m.delta}" for m in at.metric]
+    return "\n".join(str(p) for p in parts)
+
+
+def assert_clean(at) -> None:
+    """No exception and no error message on the page."""
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error] + [c.value for c in at.code]

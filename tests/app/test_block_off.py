@@ -14,21 +14,12 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import ROOT, png_bytes, synthetic_rgbd
+from app_helpers import ROOT, assert_clean, page_texts, png_bytes, synthetic_rgbd
 
 TIMEOUT = 180  # seconds per script run; the machine is small and shared
 
 
-def _texts(at: AppTest) -> str:
-    parts = [m.value for m in at.markdown] + [c.value for c in at.caption] + [s.value for s in at.subheader]
-    parts += [e.value for e in at.info] + [e.value for e in at.warning] + [e.value for e in at.error]
-    parts += [f"{m.label} {m.value} {m.delta}" for m in at.metric]
-    return "\n".join(str(p) for p in parts)
-
-
-def _assert_clean(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error] + [c.value for c in at.code]
+_texts, _assert_clean = page_texts, assert_clean
 
 
 def _legends(at: AppTest) -> list[str]:
