@@ -87,6 +87,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pool-mix", type=float, default=0.5,
                    help="sparse_rgbd: share of steps with a random pooling mode and keep ratio (else the config's)")
     p.add_argument("--deq-backward", choices=("implicit", "phantom"), default="implicit", help="deq_rgbd gradient")
+    p.add_argument("--deq-inject", choices=("all", "primary"), default="all",
+                   help="deq_rgbd: fused state injected with every modality (all) or RGB only, depth arriving "
+                        "through its own state in the iteration (primary)")
+    p.add_argument("--sparse-pool", default=None, help="sparse_rgbd: pooling mode of the config (trained with it)")
+    p.add_argument("--read-residual", choices=("yes", "no"), default="yes",
+                   help="sparse_rgbd: read-back keeps the RGB tokens (yes) or outputs only what it read (no)")
+    p.add_argument("--depth-via-block-only", action="store_true",
+                   help="sparse/deq_rgbd: no depth at the other stages either; the method's block is depth's only "
+                        "way into the RGB stream")
     p.add_argument("--jac-reg", type=float, default=0.0, help="deq_rgbd Jacobian regularisation weight")
     p.add_argument("--distill-epochs", type=int, default=0,
                    help="sparse/deq_rgbd: for the first N epochs also regress the method block's output onto the "
@@ -133,7 +142,15 @@ def build_model(args: argparse.Namespace) -> torch.nn.Module:
             raise FusionError("--drop builds a dedicated single-modality baseline: use it with --model static_rgbd")
         kw["modalities"] = (DEPTH,) if args.drop == RGB else (RGB,)
     if args.model.startswith("deq"):
-        kw["deq"] = {"backward": args.deq_backward, "jac_reg_weight": args.jac_reg}
+        kw["deq"] = {"backward": args.deq_backward, "jac_reg_weight": args.jac_reg, "inject": args.deq_inject}
+    if args.depth_via_block_only:
+        if not args.model.startswith(("sparse", "deq")):
+            raise FusionError("--depth-via-block-only is for sparse_rgbd and deq_rgbd")
+        kw["depth_via_block_only"] = True
+    if args.model.startswith("sparse"):
+        kw["sparse"] = {"read_residual": args.read_residual == "yes"}
+        if args.sparse_pool:
+            kw["sparse"]["pool"] = args.sparse_pool
     if args.model.startswith("adapted"):
         if not args.init:
             raise FusionError("adapted_rgbd needs --init: the trained model whose weights stay frozen")

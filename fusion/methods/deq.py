@@ -381,6 +381,8 @@ class DEQConfig:
     jac_reg_weight: float = 0.0  # weight of the Jacobian penalty ||J_f||_F^2 / D (0 = off); keeps f contractive
     hidden: int = 64  # channels of every equilibrium state (per modality and fused)
     groups: int = 8  # GroupNorm groups in the fusion block (must divide hidden)
+    inject: str = "all"  # fused state's input: all = weighted sum of every injection (the paper); primary = the
+    #                      first modality's only, the others arrive through their states (the recursion)
 
 
 @dataclass
@@ -463,7 +465,8 @@ class DEQFusion(nn.Module):
             raise ValueError("DEQFusion needs at least one modality")
         if cfg.hidden % cfg.groups:
             raise ValueError(f"groups ({cfg.groups}) must divide hidden ({cfg.hidden})")
-        if cfg.solver not in SOLVERS or cfg.backward not in BACKWARD_MODES or cfg.stop_mode not in STOP_MODES:
+        if (cfg.solver not in SOLVERS or cfg.backward not in BACKWARD_MODES or cfg.stop_mode not in STOP_MODES
+                or cfg.inject not in ("all", "primary")):
             raise ValueError(f"bad solver/backward/stop_mode in {cfg}")
         self.cfg = cfg
         self.names = tuple(in_channels)
@@ -507,10 +510,16 @@ class DEQFusion(nn.Module):
         states = unpack_states(z, n=len(present) + 1, shape=shape)
         zs, z_fuse = states[:-1], states[-1]  # each (B, hidden, H, W)
         new = [self.blocks[m](zm, x[m]) for m, zm in zip(present, zs)]
-        purified = sum(z_fuse * torch.sigmoid(self.gates[m](zm)) for m, zm in zip(present, zs))
-        idx = torch.tensor([self.names.index(m) for m in present], device=self.mix_logits.device)
-        w = torch.softmax(self.mix_logits[idx], 0)  # (M_present,)
-        inject = sum(w[i] * x[m] for i, m in enumerate(present))
+        if self.cfg.inject == "primary":
+            # the fused state picks from each modality's state (gate driven by the fused state) and is injected
+            # with the first modality alone: the others reach it only through the iteration
+            purified = sum(zm * torch.sigmoid(self.gates[m](z_fuse)) for m, zm in zip(present, zs))
+            inject = x[present[0]]
+        else:
+            purified = sum(z_fuse * torch.sigmoid(self.gates[m](zm)) for m, zm in zip(present, zs))
+            idx = torch.tensor([self.names.index(m) for m in present], device=self.mix_logits.device)
+            w = torch.softmax(self.mix_logits[idx], 0)  # (M_present,)
+            inject = sum(w[i] * x[m] for i, m in enumerate(present))
         fused = self.fuse_norm(F.relu(self.fuse_conv(purified) + inject))  # (B, hidden, H, W)
         return pack_states(new + [fused])
 

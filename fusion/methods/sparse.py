@@ -60,6 +60,7 @@ class SparseConfig:
     window: tuple[int, int] | None = (3, 4)  # (rows, cols) window of the window modes; None = sized from keep_ratio
     pos_grid: int = 16  # side of the learned positional-embedding grid, resized bilinearly to each input
     seed: int = 0  # seed of the random / strided_random modes in eval mode (training draws fresh randomness)
+    read_residual: bool = True  # read-back keeps the primary's own tokens (x + attn); False = only what it read
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -279,14 +280,18 @@ class TransformerLayer(nn.Module):
 class CrossAttention(nn.Module):
     """Pre-norm cross-attention layer: queries ``x`` read keys/values from ``memory``, residual, then MLP.
 
+    ``residual=False`` drops the query path (``y = attn(x, memory)``, then ``y + MLP(LN(y))``): the output is
+    a function of what the queries read, so the memory cannot be bypassed.
+
     :meth:`forward` returns ``(x, attn)`` with ``attn`` (B, heads, Nq, Nk).
     """
 
-    def __init__(self, *, dim: int, heads: int, mlp_ratio: float) -> None:
+    def __init__(self, *, dim: int, heads: int, mlp_ratio: float, residual: bool = True) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"dim {dim} is not divisible by heads {heads}")
         self.heads = heads
+        self.residual = residual
         self.norm_q = nn.LayerNorm(dim)
         self.norm_kv = nn.LayerNorm(dim)
         self.q = nn.Linear(dim, dim)
@@ -302,7 +307,10 @@ class CrossAttention(nn.Module):
         q = self.q(self.norm_q(x)).view(b, nq, self.heads, hd).transpose(1, 2)  # (B, h, Nq, d/h)
         kv = self.kv(self.norm_kv(memory)).view(b, nk, 2, self.heads, hd).permute(2, 0, 3, 1, 4)
         y, att = _attend(q, kv[0], kv[1])  # (B, h, Nq, d/h), (B, h, Nq, Nk)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, nq, d))
+        y = self.proj(y.transpose(1, 2).reshape(b, nq, d))
+        # residual=False: the output holds only what was read from the memory (the queries pick, they do not
+        # pass through), so nothing reaches the caller except through the pooled, fused tokens
+        x = x + y if self.residual else y
         x = x + self.mlp(self.norm2(x))
         return x, att
 
@@ -373,7 +381,7 @@ class SparseTokenFusion(nn.Module):
                                        for m in in_channels})
         self.scorer = nn.ModuleDict({m: nn.Linear(d, 1) for m in in_channels})  # used by pool "topk" only
         self.fusion = TransformerLayer(dim=d, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio)
-        self.read_back = CrossAttention(dim=d, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio)
+        self.read_back = CrossAttention(dim=d, heads=cfg.heads, mlp_ratio=cfg.mlp_ratio, residual=cfg.read_residual)
         self.out = nn.Linear(d, out_channels)
         nn.init.trunc_normal_(self.pos, std=0.02)
         for p in self.modality_embed.values():

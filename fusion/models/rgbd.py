@@ -54,6 +54,8 @@ class SegConfig:
     deq: DEQConfig | None = None  # deq_rgbd only: equilibrium fusion at stride 32
     adapter: AdapterConfig | None = None  # adapted_rgbd only: adapters for the missing-modality subsets
     modalities: tuple[str, ...] = (RGB, DEPTH)  # inputs the network has; one = a dedicated single-stream model
+    depth_via_block_only: bool = False  # sparse / DEQ: no depth at the other stages either (their SE-adds keep
+    #                                     only the RGB re-weighting), so the method's block is depth's only way in
 
 
 def _sep_conv(c: int) -> nn.Sequential:
@@ -210,6 +212,8 @@ class RGBDSegmenter(nn.Module):
         for s in range(self.num_stages):
             x = rgb1 if (s == 0 and rgb1 is not None) else self.rgb_encoder.stages[s](x)
             if s < k:
+                if d is not None and self.cfg.depth_via_block_only and s > self.method_stage:
+                    d = None  # depth is fused at the method's stage only: its later stages never run
                 if d is not None:
                     d = self.depth_encoder.stages[s](d)
                 x = self._fuse(s, x, d, trace if trace is not None else {}, opts or {})
@@ -253,6 +257,8 @@ class RGBDSegmenter(nn.Module):
             if self.training:
                 trace["block_out"] = out  # for the distillation warm-up (fusion.train --distill-epochs)
             return stage.se_rgb(x) + out
+        if self.cfg.depth_via_block_only:
+            return self.fusions[s].se_rgb(x)  # depth enters through the method's block alone
         if d is None:
             return x  # sparse / DEQ models without depth: SE-add stages have nothing to add
         return self.fusions[s](x, d)
