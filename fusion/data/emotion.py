@@ -178,7 +178,7 @@ def _label(name: str) -> int:
 def _layout_problem(corpus: str, root: Path) -> str | None:
     """What is wrong with ``root`` as a folder of ``corpus`` (None: it looks right)."""
     if not root.exists():
-        return "folder does not exist"
+        return "does not exist"
     if not root.is_dir():
         return "is not a folder"
     if corpus == "fer2013":
@@ -216,7 +216,7 @@ def find_root(corpus: str, root: PathLike | None = None) -> Path:
     problem = _layout_problem(corpus, path)
     if problem is not None:
         raise FusionError(
-            f"{name} {origin} {path} {problem}; expected {_LAYOUT_HINT[corpus]}. "
+            f"{name} {origin} {path}: {problem}; expected {_LAYOUT_HINT[corpus]}. "
             f"Pass the folder you downloaded or set {env}."
         )
     return path.resolve()
