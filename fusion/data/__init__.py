@@ -3,6 +3,9 @@
 * :mod:`fusion.data.nyuv2` — NYU Depth V2 labelled subset (Silberman et al., ECCV 2012) with the 40-class
   set of Gupta et al. (CVPR 2013): class sets, official split, folder and ``.mat`` readers, the
   :class:`NYUv2` training dataset and the ``convert`` command line.
+* :mod:`fusion.data.emotion` — FER2013 faces, RAVDESS speech and MELD utterances in one 7-emotion label space,
+  ``log_mel``, and :class:`TrimodalPairs`, which pairs the three corpora BY LABEL (they are not recordings of
+  the same moments; :data:`PAIRING_NOTE` says so wherever it is shown).
 * :mod:`fusion.data.upload` — turn uploaded bytes (photo, depth PNG/NPY) into model-ready arrays.
 
 Names are imported lazily (PEP 562) so that ``python -m fusion.data.nyuv2`` does not import the module
@@ -20,6 +23,12 @@ _EXPORTS: dict[str, str] = {
             "CLASS_NAMES_13", "CLASS_NAMES_40", "IGNORE_INDEX", "MAP_40_TO_13", "NYUv2", "NYUv2Mat",
             "AugmentConfig", "class_names", "find_root", "load_frame", "num_train_classes", "read_split",
             "official_split", "label_lut",
+        )
+    },
+    **{
+        name: "fusion.data.emotion"
+        for name in (
+            "EMOTIONS", "FER2013", "MELD", "PAIRING_NOTE", "RAVDESS", "TrimodalPairs", "corpus_stats", "log_mel",
         )
     },
     **{name: "fusion.data.upload" for name in ("DepthInfo", "decode_depth", "decode_rgb", "match_depth_to_rgb")},
@@ -42,6 +51,16 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs
+    from fusion.data.emotion import (  # noqa: F401
+        EMOTIONS,
+        FER2013,
+        MELD,
+        PAIRING_NOTE,
+        RAVDESS,
+        TrimodalPairs,
+        corpus_stats,
+        log_mel,
+    )
     from fusion.data.nyuv2 import (  # noqa: F401
         CLASS_NAMES_13,
         CLASS_NAMES_40,
