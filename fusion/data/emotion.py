@@ -479,7 +479,8 @@ class RAVDESS(Dataset):
 # ---------------------------------------------------------------------------
 
 # Signs that UTF-8 text was decoded as cp1252/latin-1 somewhere upstream: "â€™" for "’", "Ã©" for "é".
-_MOJIBAKE = re.compile("â€|Ã[\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u203a\u20ac\u2122]|Â[\u0080-\u00bf]")
+_CP1252_HIGH = "\u0080-\u00bf\u0152\u0153\u0160\u0161\u0178\u017d\u017e\u0192\u02c6\u02dc\u2013-\u203a\u20ac\u2122"
+_MOJIBAKE = re.compile(f"â€|Ã[{_CP1252_HIGH}]|Â[\u0080-\u00bf]")
 _C1 = re.compile("[\u0080-\u009f]")
 
 
@@ -682,7 +683,9 @@ class TrimodalPairs(Dataset):
         ]
         self.cap, corpus, emotion = min(scarce)
         if self.cap == 0:
-            raise FusionError(f"{corpus} {split} has no {emotion!r} items: cannot pair all {NUM_EMOTIONS} emotions by label")
+            raise FusionError(
+                f"{corpus} {split} has no {emotion!r} items: cannot pair all {NUM_EMOTIONS} emotions by label"
+            )
         self.notes: list[str] = []
         if replacement:
             self.per_class = int(per_class)  # type: ignore[arg-type]
@@ -701,7 +704,10 @@ class TrimodalPairs(Dataset):
     def _make_pairs(self, epoch: int) -> list[tuple[int, int, int, int]]:
         """(label, face index, clip index, utterance index) per sample, in a keyed order."""
         drawn: dict[str, list[list[int]]] = {
-            m: [_draw(r.ids, self._pools[m][c], self.per_class, (self.seed, epoch, self.split, m)) for c in range(NUM_EMOTIONS)]
+            m: [
+                _draw(r.ids, self._pools[m][c], self.per_class, (self.seed, epoch, self.split, m))
+                for c in range(NUM_EMOTIONS)
+            ]
             for m, r in self._corpora.items()
         }
         pairs = [

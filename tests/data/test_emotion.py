@@ -113,10 +113,12 @@ def write_meld(root: Path) -> None:
             for label, name in enumerate(EMOTIONS):
                 for k in range(n):
                     text = f"{MELD_NAMES[name]} {k}, {QUOTES}"
-                    w.writerow([sr_no, text, "Monica", MELD_NAMES[name], "neutral", label, k, 1, 1, "00:00:01,000", "00:00:02,000"])
+                    times = ["00:00:01,000", "00:00:02,000"]  # quoted: they hold commas
+                    w.writerow([sr_no, text, "Monica", MELD_NAMES[name], "neutral", label, k, 1, 1, *times])
                     sr_no += 1
             if fname == "train_sent_emo.csv":  # two rows with mojibake, as some MELD copies have them
-                w.writerow([sr_no, "neutral donâ€™t â€œgoâ€\x9d", "Ross", "neutral", "neutral", 99, 0, 1, 1, "", ""])
+                bad = "neutral donâ€™t â€œgoâ€\x9d"  # UTF-8 read as cp1252
+                w.writerow([sr_no, bad, "Ross", "neutral", "neutral", 99, 0, 1, 1, "", ""])
                 w.writerow([sr_no + 1, "neutral he\x92s here\x85", "Ross", "neutral", "neutral", 99, 1, 1, 1, "", ""])
 
 
@@ -161,7 +163,8 @@ def test_label_space_and_mappings() -> None:
     }  # fmt: skip
     assert "paired by label" in PAIRING_NOTE.lower() and "not recordings of the same moments" in PAIRING_NOTE
     doc = emotion.__doc__ or ""
-    assert "NOT RECORDINGS OF THE SAME MOMENTS" in doc and "paired BY LABEL" in doc and TrimodalPairs.note == PAIRING_NOTE
+    assert "NOT RECORDINGS OF THE SAME MOMENTS" in doc and "paired BY LABEL" in doc
+    assert TrimodalPairs.note == PAIRING_NOTE
 
 
 # ---------------------------------------------------------------------------
@@ -246,6 +249,9 @@ def test_meld_crlf_quotes_and_mojibake(tiny: dict[str, Path]) -> None:
 
 
 def test_find_root_env_and_default(tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    assert find_root("ravdess", tiny["ravdess"]) == tiny["ravdess"].resolve()
+    with pytest.raises(FusionError, match="unknown corpus 'iemocap'"):
+        find_root("iemocap")
     monkeypatch.setenv("FUSION_MELD", str(tiny["meld"]))
     assert MELD(None, "test").root == tiny["meld"].resolve()
     monkeypatch.setenv("FUSION_RAVDESS", str(tmp_path / "gone"))
@@ -364,7 +370,8 @@ def test_pairs_agree_on_label_balanced_and_from_the_split(tiny: dict[str, Path],
     for i, (label, f, a, t) in enumerate(p.pairs):
         assert p.faces.labels[f] == p.speech.labels[a] == p.texts.labels[t] == label
         item = p[i]
-        assert label_of_gray(item["face"]) == label_of_tone(item["audio"]) == label_of_text(item["text"]) == item["label"]
+        decoded = (label_of_gray(item["face"]), label_of_tone(item["audio"]), label_of_text(item["text"]))
+        assert decoded == (label,) * 3 and item["label"] == label
     used = {m: [ids[m] for ids in map(p.ids, range(len(p)))] for m in ("face", "audio", "text")}
     assert all(len(set(v)) == len(v) for v in used.values())  # no item twice without replacement
     prefix = {"train": "Training_", "val": "PublicTest_", "test": "PrivateTest_"}[split]
@@ -384,7 +391,7 @@ def test_pairing_is_fixed_by_the_seed(tiny: dict[str, Path], tmp_path: Path) -> 
     write_fer(tmp_path / "fer")
     write_ravdess(tmp_path / "rav", wav=True)
     write_meld(tmp_path / "meld")
-    other = TrimodalPairs("train", 7, fer_root=tmp_path / "fer", ravdess_root=tmp_path / "rav", meld_root=tmp_path / "meld")
+    other = pairs({"fer": tmp_path / "fer", "ravdess": tmp_path / "rav", "meld": tmp_path / "meld"}, "train", seed=7)
     assert digest(other) == digest(a)
 
 
@@ -499,7 +506,7 @@ def test_shared_items_read() -> None:
 
 @needs_shared
 def test_shared_test_pairing_is_fixed() -> None:
-    p = TrimodalPairs("test", 0, fer_root=SHARED / "fer2013", ravdess_root=SHARED / "ravdess", meld_root=SHARED / "meld")
+    p = pairs({"fer": SHARED / "fer2013", "ravdess": SHARED / "ravdess", "meld": SHARED / "meld"}, "test", seed=0)
     assert p.per_class == 32 and len(p) == 224
     assert digest(p) == "93c3a960beea99fb"
     for label, f, a, t in p.pairs:
