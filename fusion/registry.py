@@ -26,6 +26,9 @@ def register(name: str, *, task: str) -> Callable[[Callable[..., nn.Module]], Ca
 
 def _ensure_loaded() -> None:
     # Importing the model modules runs their @register decorators.
+    import fusion.encoders.audio  # noqa: F401  (emotion encoders; text imports transformers only when built)
+    import fusion.encoders.face  # noqa: F401
+    import fusion.encoders.text  # noqa: F401
     import fusion.models  # noqa: F401
 
 
