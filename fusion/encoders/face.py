@@ -1,10 +1,13 @@
 """Face encoder for the emotion-clip task: EfficientNet-Lite0 (Tan & Le, ICML 2019) from its ImageNet weights,
 on 48x48 grayscale face crops (FER2013's format, and what ``fusion.data.clips`` cuts out of a video).
 
-A crop is scaled to [0, 1], upsampled bilinearly to ``size`` (default 96: at 48 pixels the stride-32 trunk
-would end on a 2x2 map; 96 gives 3x3 at a quarter of the FLOPs of 192), normalised like the Lite models'
-ImageNet input ((x - 0.5) / 0.5) and its grey channel replicated to the three RGB inputs, so the ImageNet
-stem is used as it was trained. The stage-4 map (320 channels) is averaged into one vector per crop.
+A crop is scaled to [0, 1], **standardised per crop** (zero mean, unit spread over its pixels), upsampled
+bilinearly to ``size`` (default 96: at 48 pixels the stride-32 trunk would end on a 2x2 map; 96 gives 3x3 at
+a quarter of the FLOPs of 192) and its grey channel replicated to the three RGB inputs (the Lite models'
+ImageNet input is about zero-mean, unit-spread too). Per-crop standardisation makes the encoder blind to
+exposure and contrast, which vary between cameras and between corpora: in the shared FER2013 copy the
+Training faces have a visibly compressed range (median per-face spread 37 grey levels against 53 for
+PublicTest), and a first model trained on raw [0, 1] crops fell below chance on PublicTest. The stage-4 map (320 channels) is averaged into one vector per crop.
 
 Inputs: ``(B, 1, 48, 48)`` one crop per item, or ``(B, T, 1, 48, 48)`` a sequence of crops (video frames)
 with an optional ``(B, T)`` bool mask (True = a real crop). uint8 crops are divided by 255; float crops are
@@ -23,7 +26,7 @@ import torch.nn.functional as F
 
 from fusion.data.emotion import FER_SIZE, NUM_EMOTIONS
 from fusion.encoders.common import EmotionHead, EncoderOutput, build_config, masked_mean
-from fusion.encoders.efficientnet_lite import RGB_MEAN, RGB_STD, STAGE_CHANNELS, EfficientNetLite0Encoder
+from fusion.encoders.efficientnet_lite import STAGE_CHANNELS, EfficientNetLite0Encoder
 from fusion.registry import register
 from fusion.types import FACE, FusionError
 
@@ -65,8 +68,10 @@ class FaceEncoder(nn.Module):
 
     def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
         """(N, 1, H, W) crops in [0, 1] -> (N, 320) features."""
-        x = F.interpolate(crops, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
-        x = ((x - RGB_MEAN) / RGB_STD).expand(-1, 3, -1, -1)  # (N, 3, S, S) grey replicated to RGB
+        mu = crops.mean(dim=(-2, -1), keepdim=True)
+        sd = crops.std(dim=(-2, -1), keepdim=True).clamp_min(1e-2)  # a flat crop stays flat, not amplified noise
+        x = F.interpolate((crops - mu) / sd, size=(self.cfg.size, self.cfg.size), mode="bilinear", align_corners=False)
+        x = x.expand(-1, 3, -1, -1)  # (N, 3, S, S) grey replicated to RGB
         for stage in self.trunk.stages:
             x = stage(x)
         return x.mean((2, 3))  # (N, 320)

@@ -91,3 +91,18 @@ def test_padding_crops_are_not_run(enc: FaceEncoder) -> None:
     full, _ = count_flops(lambda: enc(torch.rand(1, 4, 1, 48, 48)))
     assert one > 0 and padded == pytest.approx(one, rel=1e-3)
     assert full == pytest.approx(4 * one, rel=0.01)
+
+
+@torch.no_grad()
+def test_face_features_ignore_exposure_and_contrast() -> None:
+    # per-crop standardisation: a brighter, lower-contrast copy of a crop gives the same features
+    from fusion.encoders.face import FaceConfig, FaceEncoder
+
+    torch.manual_seed(0)
+    enc = FaceEncoder(cfg=FaceConfig()).eval()  # ImageNet trunk: a random one gives near-zero features
+    crops = torch.rand(3, 1, 48, 48)
+    a, b, c = enc.encode_crops(crops), enc.encode_crops(0.6 * crops + 0.3), enc.encode_crops(torch.rand(3, 1, 48, 48))
+    scale = float(a.abs().max())
+    assert scale > 1e-2
+    assert float((a - b).abs().max()) < 1e-3 * scale
+    assert float((a - c).abs().max()) > 1e-2 * scale
