@@ -364,7 +364,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 rows.append({"name": card["name"], "variant": variant, "registry": card["registry"],
                              "metrics": metrics})
             else:
-                card["metrics"] = metrics  # the dense variant (evaluated next) is added to it
+                # the dense variant (evaluated next) is added to it; an --ablate summary already there is kept
+                kept = {k: v for k, v in card.get("metrics", {}).items() if k == "ablation"}
+                card["metrics"] = {**metrics, **kept}
                 rows.append({"name": card["name"], "registry": card["registry"], "metrics": metrics})
         if not args.no_write_cards and not args.limit:
             card_path(name).write_text(json.dumps(card, indent=2) + "\n")
