@@ -50,7 +50,10 @@ def main() -> None:
     if frame is None:
         return
     rgb, depth, label40, notes = prepare(frame.rgb, frame.depth, frame.label40)
-    show_input(frame, rgb, depth, frame.notes + notes, "No depth map: only the RGB-only case can run.")
+    show_input(frame, rgb, depth, frame.notes + notes,
+               "No depth map: only the RGB-only case can run." if use_depth else
+               "No depth map: depth is switched off in the sidebar, so the RGB-only adapters run.",
+               held_back=not use_depth)
     if not use_rgb and not use_depth:
         st.warning("Switch at least one modality on.")
         return

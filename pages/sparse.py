@@ -82,9 +82,11 @@ def main() -> None:
              + "\n".join(f"- **{m}**: {h}" for m, h in POOL_HELP.items()))
     uses_keep = inference.keep_ratio_applies(pool, window)
     win_text = f"{window[0]}×{window[1]}" if window else "sized from the ratio"
+    shipped_keep = next((k for k, v in KEEP.items() if abs(v - cfg.keep_ratio) < 1e-9), "1/10")
     keep_label = st.sidebar.select_slider(
-        "Keep ratio", list(KEEP), value="1/10", key="sft_keep", disabled=not uses_keep,
-        help=f"Share of each modality's tokens kept by the top-k and random modes. Window modes pool a fixed "
+        "Keep ratio", list(KEEP), value=shipped_keep, key="sft_keep", disabled=not uses_keep,
+        help=f"Share of each modality's tokens kept by the top-k and random modes (the model's own setting, "
+             f"chosen on the validation split: {shipped_keep}). Window modes pool a fixed "
              f"{win_text} window into one token each and ignore it; 'none' keeps every token."
              + ("" if uses_keep else f" **Not used by '{pool}'.**"))
     remove_depth = st.sidebar.toggle("Remove depth", value=False, key="sft_remove_depth",

@@ -66,3 +66,36 @@ def test_sparse_cuts_tokens_and_fusion_flops_by_the_claimed_factors() -> None:
     res = ablations.sparse_ablation("sparse_rgbd", _FullLabels(NYU, 40, (240, 320), split="val"), limit=2,
                                     ratios=(0.0625,), modes=("topk_attn", "random"))
     assert res["token_reduction"] >= 8 and res["fusion_flops_reduction"] >= 4
+
+
+@pytest.mark.parametrize("name", ["sparse_rgbd", "deq_rgbd"])
+def test_switching_the_method_block_off_costs_accuracy(name: str) -> None:
+    """The block carries depth: zeroing its output lowers mIoU on validation frames. (Not asserted: the
+    ≥ 2 mIoU the issue asked for; the README's ablation tables show 1.24 and 0.78 on the test split.)"""
+    if not (ASSETS / f"{name}.json").exists():
+        pytest.skip(f"needs the shipped {name} checkpoint")
+    from fusion.checkpoints import load_checkpoint
+    from fusion.evaluate import _FullLabels, evaluate
+
+    model, _ = load_checkpoint(name)
+    ds = _FullLabels(NYU, 40, (240, 320), split="val")
+    on = evaluate(model, ds, limit=24, timing=False, flops=False)["miou"]
+    off = evaluate(model, ds, limit=24, timing=False, flops=False, opts={"zero_block": True})["miou"]
+    assert on > off
+
+
+@pytest.mark.parametrize("name", ["adapters_lora", "adapters_ssf", "adapters_bitfit"])
+def test_adapters_win_back_part_of_what_the_frozen_base_loses(name: str) -> None:
+    if not (ASSETS / f"{name}.json").exists():
+        pytest.skip(f"needs the shipped {name} checkpoint")
+    from fusion.checkpoints import load_checkpoint
+    from fusion.evaluate import _FullLabels, evaluate
+    from fusion.types import DEPTH, RGB
+
+    model, card = load_checkpoint(name)
+    assert max(card["adapter_share_percent"].values()) <= 0.5  # the parameter budget of the claim
+    ds = _FullLabels(NYU, 40, (240, 320), split="val")
+    for drop in (DEPTH, RGB):
+        kw = dict(drop=drop, limit=16, timing=False, flops=False)
+        base, adapted = evaluate(model, ds, adapter=False, **kw)["miou"], evaluate(model, ds, **kw)["miou"]
+        assert adapted > base + 3, (drop, base, adapted)

@@ -149,6 +149,7 @@ def test_adapters_page_switches_modalities(app_cwd, no_data_env):
     _assert_clean(at)
     text = _texts(at)
     assert "Prediction with RGB only" in text and "adapters" in text
+    assert "No depth used" in text and "held back" in _image_captions(at)  # the map is there but not given
     assert "drawn over the depth map" not in _image_captions(at)  # RGB-only models are drawn over the photo
     at.toggle(key="miss_use_depth").set_value(True).run()
     at.toggle(key="miss_use_rgb").set_value(False).run()
