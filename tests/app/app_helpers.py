@@ -47,3 +47,15 @@ def assert_clean(at) -> None:
     """No exception and no error message on the page."""
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error] + [c.value for c in at.code]
+
+
+def upload_rgbd(at, prefix: str, depth: bool = True, seed: int = 0):
+    """Upload the synthetic RGB (and, unless ``depth`` is False, its depth PNG) into the page's ``prefix``
+    uploaders and rerun."""
+    rgb, depth8 = synthetic_rgbd(seed=seed)
+    ups = {u.key: u for u in at.file_uploader}
+    ups[f"{prefix}_rgb_file"].set_value(("scene.png", png_bytes(rgb), "image/png"))
+    if depth:
+        ups[f"{prefix}_depth_file"].set_value(("depth.png", png_bytes(depth8), "image/png"))
+    at.run()
+    return at

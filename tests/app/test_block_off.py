@@ -14,7 +14,7 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import ROOT, assert_clean, page_texts, png_bytes, synthetic_rgbd
+from app_helpers import ROOT, assert_clean, page_texts, upload_rgbd
 
 TIMEOUT = 180  # seconds per script run; the machine is small and shared
 
@@ -63,13 +63,7 @@ def _page_with_upload(path: str, prefix: str, depth: bool = True) -> AppTest:
     at.run()
     at.switch_page(path)
     at.run()
-    rgb, depth8 = synthetic_rgbd()
-    ups = {u.key: u for u in at.file_uploader}
-    ups[f"{prefix}_rgb_file"].set_value(("scene.png", png_bytes(rgb), "image/png"))
-    if depth:
-        ups[f"{prefix}_depth_file"].set_value(("depth.png", png_bytes(depth8), "image/png"))
-    at.run()
-    return at
+    return upload_rgbd(at, prefix, depth=depth)
 
 
 def _assert_block_off_shown(at: AppTest, n_legends: int) -> None:

@@ -11,7 +11,7 @@ import re
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import ROOT, SHARED_NYUV2, png_bytes, shared_data_present, synthetic_rgbd
+from app_helpers import ROOT, SHARED_NYUV2, shared_data_present, upload_rgbd
 
 TIMEOUT = 180
 
@@ -53,19 +53,9 @@ def _assert_cards_are_tables(at: AppTest) -> None:
         assert "checkpoint" in fields and "licence" in fields and "reproduce with" in fields
 
 
-def _upload(at: AppTest, prefix: str, depth: bool = True, seed: int = 0) -> AppTest:
-    rgb, depth8 = synthetic_rgbd(seed=seed)
-    ups = {u.key: u for u in at.file_uploader}
-    ups[f"{prefix}_rgb_file"].set_value(("scene.png", png_bytes(rgb), "image/png"))
-    if depth:
-        ups[f"{prefix}_depth_file"].set_value(("depth.png", png_bytes(depth8), "image/png"))
-    at.run()
-    return at
-
-
 @pytest.mark.parametrize("path,prefix", [("pages/sparse.py", "sft"), ("pages/deq.py", "deq"),
                                          ("pages/adapters.py", "miss")])
-def test_page_without_data_asks_for_an_upload(app_cwd, no_data_env, path, prefix):
+def test_page_without_data_asks_for_anupload_rgbd(app_cwd, no_data_env, path, prefix):
     at = _page(path)
     _assert_clean(at)
     assert "Upload an RGB image" in _texts(at)
@@ -73,7 +63,7 @@ def test_page_without_data_asks_for_an_upload(app_cwd, no_data_env, path, prefix
 
 
 def test_sparse_page_shows_kept_tokens_and_reruns_on_controls(app_cwd, no_data_env):
-    at = _upload(_page("pages/sparse.py"), "sft")
+    at = upload_rgbd(_page("pages/sparse.py"), "sft")
     _assert_clean(at)
     text = _texts(at)
     assert "Which tokens survive" in text
@@ -106,7 +96,7 @@ def test_sparse_page_shows_kept_tokens_and_reruns_on_controls(app_cwd, no_data_e
 
 
 def test_deq_page_shows_convergence_and_resolves_live(app_cwd, no_data_env):
-    at = _upload(_page("pages/deq.py"), "deq")
+    at = upload_rgbd(_page("pages/deq.py"), "deq")
     _assert_clean(at)
     text = _texts(at)
     assert "Convergence on this input" in text
@@ -142,7 +132,7 @@ def _iter_slider(at: AppTest):
 
 
 def test_adapters_page_switches_modalities(app_cwd, no_data_env):
-    at = _upload(_page("pages/adapters.py"), "miss")
+    at = upload_rgbd(_page("pages/adapters.py"), "miss")
     _assert_clean(at)
     assert "Both modalities are on" in _texts(at)
     at.toggle(key="miss_use_depth").set_value(False).run()
@@ -165,7 +155,7 @@ def test_adapters_page_switches_modalities(app_cwd, no_data_env):
 
 
 def test_adapters_page_depth_only_without_depth_map_is_explained(app_cwd, no_data_env):
-    at = _upload(_page("pages/adapters.py"), "miss", depth=False)
+    at = upload_rgbd(_page("pages/adapters.py"), "miss", depth=False)
     at.toggle(key="miss_use_rgb").set_value(False).run()
     _assert_clean(at)
     assert "no depth map to run on" in _texts(at)
