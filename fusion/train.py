@@ -90,7 +90,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--deq-inject", choices=("all", "primary"), default="all",
                    help="deq_rgbd: fused state injected with every modality (all) or RGB only, depth arriving "
                         "through its own state in the iteration (primary)")
-    p.add_argument("--sparse-pool", default=None, help="sparse_rgbd: pooling mode of the config (trained with it)")
+    p.add_argument("--sparse-pool", default=None, choices=POOL_MODES,
+                   help="sparse_rgbd: pooling mode of the config (trained with it)")
     p.add_argument("--read-residual", choices=("yes", "no"), default="yes",
                    help="sparse_rgbd: read-back keeps the RGB tokens (yes) or outputs only what it read (no)")
     p.add_argument("--depth-via-block-only", action="store_true",

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import random
 import shlex
 import sys
 import time
@@ -61,6 +60,7 @@ from fusion.data.emotion import (
 from fusion.encoders.audio import pad_spectrograms
 from fusion.encoders.face import face_tensor
 from fusion.registry import create
+from fusion.train import seed_all
 from fusion.types import AUDIO, FACE, TEXT, FusionError
 
 MODALITIES: tuple[str, ...] = (FACE, AUDIO, TEXT)
@@ -396,12 +396,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         if args.out is None:
             args.out = f"runs/enc_{args.modality}"
     return args
-
-
-def seed_all(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def build_encoder(args: argparse.Namespace) -> torch.nn.Module:

@@ -146,6 +146,8 @@ class RGBDSegmenter(nn.Module):
             raise FusionError(f"modalities must be ('rgb', 'depth'), ('rgb',) or ('depth',), got {self.modalities}")
         if len(self.modalities) == 1 and kind != "static":
             raise FusionError("a single-modality network has no fusion: build it as static_rgbd")
+        if cfg.depth_via_block_only and kind not in ("sparse", "deq"):
+            raise FusionError("depth_via_block_only needs a method block: use it with sparse_rgbd or deq_rgbd")
         self.single = self.modalities[0] if len(self.modalities) == 1 else None
         # a dedicated single-modality model has one encoder and no fusion blocks: the absent modality's
         # encoder is not built (not fed a constant, whose BatchNorm statistics break at eval time)
