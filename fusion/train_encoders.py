@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import shlex
 import sys
@@ -55,6 +56,7 @@ from fusion.data.emotion import (
     NUM_EMOTIONS,
     RAVDESS,
     SAMPLE_RATE,
+    TOP_DB,
     log_mel,
 )
 from fusion.encoders.audio import pad_spectrograms
@@ -172,6 +174,8 @@ class AudioItems(Dataset):
         return len(self.speech)
 
     def spec(self, i: int) -> np.ndarray:
+        if isinstance(self.speech, MelCache):
+            return self.speech.spec(i)
         if i not in self._specs:
             self._specs[i] = log_mel(self.speech.wave(i))
         return self._specs[i]
@@ -203,6 +207,50 @@ class AudioItems(Dataset):
                     a = int(torch.randint(0, x.shape[0] - w + 1, ()))
                     x[a : a + w, :] = fill
         return x, self.speech.labels[i]
+
+
+class MelCache:
+    """RAVDESS log-mel spectrograms of one split read from a file written by ``--write-mel-cache`` (for a
+    machine without librosa / libsndfile, e.g. the lent GPU). Values are stored as uint8 steps of
+    ``TOP_DB / 255`` (0.31 dB) above each clip's floor, so a cached spectrogram is within 0.16 dB of
+    :func:`~fusion.data.emotion.log_mel`'s."""
+
+    def __init__(self, path: str | Path, split: str) -> None:
+        try:
+            z = np.load(path)
+        except (OSError, ValueError) as e:
+            raise FusionError(f"mel cache {path} is unreadable: {e}") from e
+        if f"{split}_q" not in z:
+            raise FusionError(f"mel cache {path} has no {split!r} split (has: {sorted({k.split('_')[0] for k in z})})")
+        self.q, self.top = z[f"{split}_q"], z[f"{split}_top"]
+        self.offsets = np.concatenate([[0], np.cumsum(z[f"{split}_frames"])])
+        self.labels: list[int] = z[f"{split}_labels"].astype(int).tolist()
+        self.ids: list[str] = z[f"{split}_ids"].astype(str).tolist()
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def frames(self, i: int) -> int:
+        return int(self.offsets[i + 1] - self.offsets[i])
+
+    def spec(self, i: int) -> np.ndarray:
+        q = self.q[:, self.offsets[i] : self.offsets[i + 1]].astype(np.float32)
+        return (self.top[i] - TOP_DB + q * (TOP_DB / 255)).astype(np.float32)
+
+
+def write_mel_cache(root: str | None, path: str | Path, splits: Sequence[str] = ("train", "val")) -> None:
+    """Compute the log-mel spectrograms of RAVDESS ``splits`` and store them quantised (see :class:`MelCache`)."""
+    arrays: dict[str, np.ndarray] = {}
+    for split in splits:
+        speech = RAVDESS(root, split)
+        specs = [log_mel(speech.wave(i)) for i in range(len(speech))]
+        tops = np.array([float(x.max()) for x in specs], dtype=np.float32)
+        q = [np.clip(np.round((x - (t - TOP_DB)) * (255 / TOP_DB)), 0, 255).astype(np.uint8) for x, t in zip(specs, tops)]
+        arrays.update({f"{split}_q": np.concatenate(q, 1), f"{split}_top": tops,
+                       f"{split}_frames": np.array([x.shape[1] for x in specs]),
+                       f"{split}_labels": np.array(speech.labels), f"{split}_ids": np.array(speech.ids)})
+    np.savez_compressed(path, **arrays)
+    print(f"wrote {path}: " + ", ".join(f"{sp} {len(arrays[sp + '_top'])}" for sp in splits) + " clips")
 
 
 class TextItems(Dataset):
@@ -238,7 +286,10 @@ def collate(modality: str) -> Callable[[list[tuple[Any, int]]], Batch]:
     return fn
 
 
-def make_items(modality: str, root: str | None, split: str, *, augment: bool, max_frames: int) -> Dataset:
+def make_items(modality: str, root: str | None, split: str, *, augment: bool, max_frames: int,
+               mel_cache: str | None = None) -> Dataset:
+    if modality == AUDIO and mel_cache:
+        return AudioItems(MelCache(mel_cache, split), augment=augment, max_frames=max_frames)  # type: ignore[arg-type]
     reader = RECIPES[modality].reader(root, split)
     if modality == FACE:
         return FaceItems(reader, augment=augment)
@@ -318,10 +369,13 @@ def reference_input(modality: str, items: Dataset, model: torch.nn.Module) -> tu
     base = items.dataset if isinstance(items, Subset) else items
     idx = items.indices if isinstance(items, Subset) else range(len(base))  # type: ignore[arg-type]
     if modality == AUDIO:
-        import soundfile as sf
-
         frames = []
         for i in idx:
+            if isinstance(base.speech, MelCache):
+                frames.append(base.speech.frames(i))
+                continue
+            import soundfile as sf
+
             info = sf.info(str(base.speech.info[i].path))
             frames.append(1 + int(round(info.frames * SAMPLE_RATE / info.samplerate)) // HOP_LENGTH)
         t = min(int(np.median(frames)), base.max_frames)
@@ -373,6 +427,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-frames", type=int, default=400,
                    help="audio: clips longer than this many 10 ms frames are cropped (train: random start, "
                         "val/test: centre); default 400 = 4 s")
+    p.add_argument("--input-blur", type=float, default=None,
+                   help="face: eval-mode Gaussian blur sigma (pixels of the 48x48 crop) matching the blurred "
+                        "training faces (default 0; see fusion.encoders.face)")
+    p.add_argument("--blur-grid", type=float, nargs="*", default=None,
+                   help="face: after training, score val at each of these blur sigmas and keep the best")
+    p.add_argument("--mel-cache", default=None, help="audio: read train/val spectrograms from this file")
+    p.add_argument("--write-mel-cache", default=None, metavar="FILE",
+                   help="write RAVDESS train/val log-mels to FILE (quantised, for a machine without librosa) and exit")
     p.add_argument("--no-pretrained", action="store_true", help="random start (tests); frozen text parts stay")
     p.add_argument("--no-augment", action="store_true", help="train without augmentation")
     p.add_argument("--seed", type=int, default=0)
@@ -386,6 +448,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--export", default=None, metavar="NAME", help="write the best-val epoch to EXPORT_DIR/NAME.*")
     p.add_argument("--export-dir", default=str(ASSETS))
     args = p.parse_args(argv)
+    if args.write_mel_cache:
+        return args
     if (args.modality is None) == (args.evaluate is None):
         p.error("give --modality (train) or --evaluate NAME (test), not both")
     if args.modality:
@@ -404,6 +468,10 @@ def build_encoder(args: argparse.Namespace) -> torch.nn.Module:
         if args.modality != FACE:
             raise FusionError("--size is for the face encoder")
         kw["size"] = args.size
+    if args.input_blur is not None:
+        if args.modality != FACE:
+            raise FusionError("--input-blur is for the face encoder")
+        kw["input_blur"] = args.input_blur
     if args.freeze is not None:
         if args.modality != TEXT:
             raise FusionError("--freeze is for the text encoder")
@@ -447,9 +515,11 @@ def train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> tuple[
     recipe = RECIPES[args.modality]
     augment = not args.no_augment
     train_items = spread_subset(
-        make_items(args.modality, args.data, "train", augment=augment, max_frames=args.max_frames), args.limit)
+        make_items(args.modality, args.data, "train", augment=augment, max_frames=args.max_frames,
+                   mel_cache=args.mel_cache), args.limit)
     val_items = spread_subset(
-        make_items(args.modality, args.data, "val", augment=False, max_frames=args.max_frames), args.limit)
+        make_items(args.modality, args.data, "val", augment=False, max_frames=args.max_frames,
+                   mel_cache=args.mel_cache), args.limit)
     g = torch.Generator().manual_seed(args.seed)
     loader = DataLoader(train_items, batch_size=args.batch_size, shuffle=True, collate_fn=collate(args.modality),
                         num_workers=args.workers, drop_last=len(train_items) >= 2 * args.batch_size, generator=g,
@@ -505,6 +575,19 @@ def train(args: argparse.Namespace, argv: Sequence[str] | None = None) -> tuple[
     model.eval()
     result = {"steps": step, "seconds": round(time.time() - t0, 1), "selected_on": "val", "selected_epoch": best[1],
               "val": best[2], "val_history": history}
+    if args.blur_grid:
+        if args.modality != FACE:
+            raise FusionError("--blur-grid is for the face encoder")
+        by_sigma = {}
+        for sigma in args.blur_grid:
+            model.cfg = dataclasses.replace(model.cfg, input_blur=float(sigma))
+            by_sigma[float(sigma)] = evaluate(model, val_loader, device)
+        pick = max(by_sigma, key=lambda k: by_sigma[k][recipe.val_metric])
+        model.cfg = dataclasses.replace(model.cfg, input_blur=pick)
+        result["val"] = by_sigma[pick]
+        result["blur_selection"] = {"selected_on": "val", "selected": pick,
+                                    "val_" + recipe.val_metric: {str(k): v[recipe.val_metric] for k, v in by_sigma.items()}}
+        print(f"input blur chosen on val: sigma {pick} ({result['blur_selection']})", flush=True)
     if args.export:
         export(model, args, recipe, result, train_items, weights, argv, device)
     return model, result
@@ -543,6 +626,11 @@ def export(model: torch.nn.Module, args: argparse.Namespace, recipe: Recipe, res
     }  # fmt: skip
     if args.modality == AUDIO:
         card["max_frames"] = args.max_frames
+        if args.mel_cache:
+            card["training"]["features"] = ("log-mels read from a --mel-cache file (uint8, 0.31 dB steps, within "
+                                            "0.16 dB of log_mel); val re-scored from the audio files by --evaluate")
+    if "blur_selection" in result:
+        card["input_blur"] = result["blur_selection"]
     save_checkpoint(model, Path(args.export_dir) / args.export, card,
                     tensors=trainable() if callable(trainable) else None)
     print(f"exported {Path(args.export_dir) / args.export}.{{safetensors,json}}", flush=True)
@@ -571,6 +659,10 @@ def evaluate_test(args: argparse.Namespace, argv: Sequence[str] | None = None) -
     loader = DataLoader(items, batch_size=64, shuffle=False, collate_fn=collate(modality), num_workers=args.workers)
     t0 = time.time()
     test = evaluate(model, loader, device)
+    if modality == AUDIO and card.get("training", {}).get("features"):  # trained on cached mels: val from the audio
+        val_items = make_items(modality, args.data, "val", augment=False, max_frames=int(card.get("max_frames", 400)))
+        card["metrics"]["val_from_audio"] = evaluate(model, DataLoader(
+            val_items, batch_size=64, shuffle=False, collate_fn=collate(modality)), device)
     cmd = "python -m fusion.train_encoders " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     card.setdefault("metrics", {})["test"] = test
@@ -586,6 +678,9 @@ def evaluate_test(args: argparse.Namespace, argv: Sequence[str] | None = None) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
+        if args.write_mel_cache:
+            write_mel_cache(args.data, args.write_mel_cache)
+            return 0
         if args.evaluate:
             evaluate_test(args, argv)
         else:

@@ -106,3 +106,30 @@ def test_face_features_ignore_exposure_and_contrast() -> None:
     assert scale > 1e-2
     assert float((a - b).abs().max()) < 1e-3 * scale
     assert float((a - c).abs().max()) > 1e-2 * scale
+
+
+def test_input_blur_runs_in_eval_mode_only() -> None:
+    """The eval-time blur that matches the blurred FER2013 training faces: a Gaussian that keeps the mean, smooths
+    an edge, and is skipped in train mode (the training faces are blurred already)."""
+    from fusion.encoders.face import gaussian_blur
+
+    x = torch.zeros(1, 1, 48, 48)
+    x[..., 24:] = 1.0
+    y = gaussian_blur(x, 3.0)
+    assert torch.allclose(y.mean(), x.mean(), atol=1e-3)
+    assert 0.05 < float(y[0, 0, 20, 22]) < 0.5 and torch.equal(gaussian_blur(x, 0.0), x)
+    torch.manual_seed(0)
+    sharp, blurred = FaceEncoder(cfg=FaceConfig(size=32)), FaceEncoder(cfg=FaceConfig(size=32, input_blur=3.0))
+    blurred.load_state_dict(sharp.state_dict())
+    crops = torch.rand(2, 1, 48, 48)
+    sharp.eval(), blurred.eval()
+    with torch.no_grad():
+        assert not torch.allclose(sharp(crops).logits, blurred(crops).logits)
+        assert torch.allclose(blurred(crops).logits, sharp(gaussian_blur(crops, 3.0)).logits, atol=1e-5)
+    sharp.train(), blurred.train()
+    torch.manual_seed(1)
+    a = sharp(crops).tokens
+    torch.manual_seed(1)
+    assert torch.allclose(a, blurred(crops).tokens)  # train mode: no blur
+    with pytest.raises(FusionError):
+        create("face_encoder", input_blur=-1.0, pretrained=False)
