@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from fusion.checkpoints import load_checkpoint
 from fusion.metrics import ConfusionMatrix
-from fusion.types import DEPTH, RGB, FusionError
+from fusion.models.rgbd import _Trace
+from fusion.types import DEPTH, RGB, FusionError, RunOptions
 
 
 def _miou(mat: torch.Tensor) -> float:
@@ -322,7 +323,7 @@ def _stage_prefix(model: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tensor
     for s in range(s0):
         x = model.rgb_encoder.stages[s](x)
         d = model.depth_encoder.stages[s](d)
-        x = model._fuse(s, x, d, {}, {})
+        x = model._fuse(s, x, d, _Trace(), RunOptions())
         feats.append(x)
     x = model.rgb_encoder.stages[s0](x)
     ds = []
@@ -332,15 +333,17 @@ def _stage_prefix(model: torch.nn.Module, rgb: torch.Tensor, depth: torch.Tensor
     return {"feats": feats, "x": x, "depths": ds, "size": tuple(rgb.shape[-2:])}
 
 
-def _stage_suffix(model: torch.nn.Module, pre: dict, opts: dict) -> tuple[torch.Tensor, dict]:
-    """Logits with the method's block run under ``opts`` (and the trace of that block)."""
+def _stage_suffix(model: torch.nn.Module, pre: dict, opts: RunOptions, *, counting: bool = False
+                  ) -> tuple[torch.Tensor, _Trace]:
+    """Logits with the method's block run under ``opts`` (and the trace of that block); ``counting``: the block
+    measures its own FLOPs."""
     s0 = model.method_stage
-    trace: dict = {}
+    trace = _Trace()
     feats = list(pre["feats"])
-    x = model._fuse(s0, pre["x"], pre["depths"][0], trace, opts)
+    x = model._fuse(s0, pre["x"], pre["depths"][0], trace, opts, counting)
     feats.append(x)
     for j, s in enumerate(range(s0 + 1, model.num_stages), start=1):
-        x = model._fuse(s, model.rgb_encoder.stages[s](x), pre["depths"][j], trace, {})
+        x = model._fuse(s, model.rgb_encoder.stages[s](x), pre["depths"][j], trace, RunOptions())
         feats.append(x)
     return model.decoder(feats, pre["size"]), trace
 
@@ -383,19 +386,20 @@ def sparse_ablation(name: str, ds, *, ratios: Sequence[float] = (0.25, 0.125, 0.
         for key, (m, opts) in settings.items():
             first = key not in info
             if first or key == "zeroed":  # the full path once per setting (FLOPs measured on it)
-                logits, tr = _stage_suffix(m, pre, {**opts, "_count": True} if key != "zeroed" else opts)
+                logits, tr = _stage_suffix(m, pre, RunOptions.of(**opts), counting=key != "zeroed")
             else:  # pooling, cross-modal layer and read-back on the cached unimodal tokens, then the rest
                 out, _ = m.token_fusion._pool_and_fuse(enc, opts["pool"], opts.get("keep_ratio"))
                 x = model.fusions[s0].se_rgb(pre["x"]) + out
                 feats = list(pre["feats"]) + [x]
                 for j, s in enumerate(range(s0 + 1, model.num_stages), start=1):
-                    feats.append(model._fuse(s, model.rgb_encoder.stages[s](feats[-1]), pre["depths"][j], {}, {}))
+                    feats.append(model._fuse(s, model.rgb_encoder.stages[s](feats[-1]), pre["depths"][j], _Trace(),
+                                             RunOptions()))
                 logits = model.decoder(feats, pre["size"])
             conf[key] += _confusion(logits, item["label"], n_cls).long()
             if first:
-                tk = tr.get("tokens")
+                tk = tr.tokens
                 info[key] = {"tokens_in": tk.tokens_before if tk else 0, "tokens_after": tk.tokens_after if tk else 0,
-                             "fusion_flops": tr.get("fusion_flops", 0.0)}
+                             "fusion_flops": tr.fusion_flops or 0.0}
     res = {"name": name, "frames": n, "shipped": shipped, "settings": {}}
     for key, (m, opts) in settings.items():
         res["settings"][key] = {**opts, "miou": round(_miou(conf[key]), 2), "pixel_acc": round(_pixacc(conf[key]), 2),
@@ -441,21 +445,22 @@ def deq_ablation(name: str, ds, *, steps: Sequence[int] = (1, 2, 3, 4, 6, 8, 11)
         item = ds[i]
         target = item["label"]
         pre = _stage_prefix(model, item[RGB][None], item[DEPTH][None])
-        trace: dict = {}
+        trace = _Trace()
         s0 = model.method_stage
-        x = model._fuse(s0, pre["x"], pre["depths"][0], trace, {"keep_states_at": tuple(steps)})
-        tr = trace["solver"]
+        x = model._fuse(s0, pre["x"], pre["depths"][0], trace, RunOptions(keep_states_at=tuple(steps)))
+        tr = trace.solver
         nstep.append(int(tr.nstep[0]))
         conv.append(bool(tr.converged[0]))
         rel.append(float(tr.rel_residual[0]))
         feats = list(pre["feats"]) + [x]
         for j, s in enumerate(range(s0 + 1, model.num_stages), start=1):
-            feats.append(model._fuse(s, model.rgb_encoder.stages[s](feats[-1]), pre["depths"][j], {}, {}))
+            feats.append(model._fuse(s, model.rgb_encoder.stages[s](feats[-1]), pre["depths"][j], _Trace(),
+                                     RunOptions()))
         conf["fixed_point"] += _confusion(model.decoder(feats, pre["size"]), target, n_cls).long()
-        for k, logits in model._decode_iterates((feats, trace["deq_out"], tr.states, pre["size"])).items():
+        for k, logits in model._decode_iterates((feats, trace.deq_out, tr.states, pre["size"])).items():
             conf[f"iter{k}"] += _confusion(logits, target, n_cls).long()
         for key, opts in (("fixed_point_iteration", {"solver": "fixed_point"}), ("zeroed", {"zero_block": True})):
-            logits, _ = _stage_suffix(model, pre, opts)
+            logits, _ = _stage_suffix(model, pre, RunOptions.of(**opts))
             conf[key] += _confusion(logits, target, n_cls).long()
     sc = {k: {"miou": round(_miou(conf[k]), 2), "pixel_acc": round(_pixacc(conf[k]), 2)} for k in keys}
     return {"name": name, "frames": n, "solver": cfg.solver, "tol": cfg.tol, "max_iter": cfg.max_iter,

@@ -60,8 +60,8 @@ def evaluate(model: torch.nn.Module, ds, *, drop: str | None = None, limit: int 
             conv.append(bool(out.solver.converged[0]))
         if out.tokens is not None:
             tokens.append((out.tokens.tokens_before, out.tokens.tokens_after))
-        if "fusion_flops" in out.extras:
-            fusion_flops.append(out.extras["fusion_flops"])
+        if out.block is not None and out.block.fusion_flops is not None:
+            fusion_flops.append(out.block.fusion_flops)
         if timing:
             if i == 0:
                 for _ in range(2):

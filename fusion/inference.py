@@ -151,9 +151,9 @@ def segment(model: torch.nn.Module, rgb: np.ndarray, depth_m: np.ndarray | None,
         return F.interpolate(lg, size=rgb.shape[:2], mode="bilinear", align_corners=False).argmax(1)[0].numpy(
         ).astype(np.int32)
 
-    return SegResult(labels=labels_of(out.logits), out=out, fusion_flops=out.extras.get("fusion_flops"),
-                     fusion_bytes=out.extras.get("fusion_bytes"),
-                     iter_labels={t: labels_of(lg) for t, lg in out.extras.get("iter_logits", {}).items()},
+    return SegResult(labels=labels_of(out.logits), out=out, fusion_flops=out.block.fusion_flops if out.block else None,
+                     fusion_bytes=out.block.fusion_bytes if out.block else None,
+                     iter_labels={t: labels_of(lg) for t, lg in out.iterate_logits.items()},
                      flops=None if out.flops is None else float(out.flops[0]),
                      ms=float(np.median(times)) if times else None,
                      branch=None if out.branch is None else int(out.branch[0]),

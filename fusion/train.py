@@ -221,15 +221,15 @@ def loss_fn(model: torch.nn.Module, out, target: torch.Tensor, *, branches_only:
         if out.solver.jac_loss is not None:
             logs["jac"] = float(out.solver.jac_loss)
             return ce + out.solver.jac_loss, logs  # already weighted by jac_reg_weight
-    if "branch_logits" not in out.extras:
+    if out.gate is None or out.gate.branch_logits is None:
         return ce, logs
     cfg = model.cfg.gate
-    bl = out.extras["branch_logits"]  # (K, B, C, H, W)
+    bl = out.gate.branch_logits  # (K, B, C, H, W)
     branch_ce = torch.stack([F.cross_entropy(b, target, ignore_index=IGNORE_INDEX) for b in bl])
     if branches_only:
         logs.update({f"ce{k}": v.item() for k, v in enumerate(branch_ce)})
         return (branch_ce.log().mean() if branch_balance == "log" else branch_ce.mean()), logs
-    res = out.extras["resource_loss"]
+    res = out.gate.resource_loss
     loss = ce + cfg.branch_loss_weight * branch_ce.mean() + cfg.resource_weight * res
     logs.update(res=float(res), ent=float(entropy(out.gate_probs)),
                 **{f"ce{k}": float(v) for k, v in enumerate(branch_ce)},
@@ -343,7 +343,7 @@ def main(argv: list[str] | None = None) -> dict:
             loss, logs = loss_fn(model, out, batch["label"].to(device), branches_only=args.branches_only,
                                branch_balance=args.branch_balance)
             if teacher is not None and epoch < args.distill_epochs:
-                dl = distill_loss(out.extras["block_out"], teacher(inputs[RGB], inputs[DEPTH]))
+                dl = distill_loss(out.block.output, teacher(inputs[RGB], inputs[DEPTH]))
                 loss = loss + args.distill_weight * dl
                 logs["distill"] = dl.item()
             opt.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -151,3 +152,38 @@ def resource_loss(probs: torch.Tensor, branch_cost: torch.Tensor) -> torch.Tenso
 def entropy(probs: torch.Tensor) -> torch.Tensor:
     """Mean gate entropy in nats (logged to see the gate harden)."""
     return -(probs * probs.clamp_min(1e-9).log()).sum(1).mean() / math.log(probs.shape[1])
+
+
+# ---------------------------------------------------------------------------
+# Routing over any set of branches (RGB-D: depth fused into the first k stages; clips: modality subsets)
+# ---------------------------------------------------------------------------
+
+
+def route(gate_logits: torch.Tensor, *, training: bool, tau: float, tau_end: float, gumbel: bool,
+          force_branch: int | None = None) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """The gate's decision: ``(weights, probs, branch)``.
+
+    Training: straight-through one-hot ``weights`` (every branch is computed and mixed by them) and the soft
+    ``probs`` for the resource loss. Inference: ``weights`` is None, ``probs`` the softmax at the temperature
+    training ended at, ``branch`` the arg-max (or ``force_branch`` for every input)."""
+    if training:
+        weights, probs = straight_through(gate_logits, tau=tau, gumbel=gumbel)
+        return weights, probs, probs.argmax(1)
+    probs = F.softmax(gate_logits / tau_end, 1)
+    branch = probs.argmax(1) if force_branch is None else torch.full_like(probs.argmax(1), force_branch)
+    return None, probs, branch
+
+
+def run_chosen(branch: torch.Tensor, run_branch: Callable[[int, torch.Tensor], torch.Tensor],
+               out: torch.Tensor) -> torch.Tensor:
+    """Fill ``out`` (B, ...) by running, for each branch some input chose, ``run_branch(k, idx)`` on those inputs
+    only: branches nobody chose never execute, so their encoders and fusion cost nothing."""
+    for k in branch.unique().tolist():
+        idx = (branch == k).nonzero().flatten()
+        out[idx] = run_branch(int(k), idx)
+    return out
+
+
+def mix_branches(weights: torch.Tensor, all_logits: torch.Tensor) -> torch.Tensor:
+    """Training: the branches' outputs ``(K, B, ...)`` mixed by the straight-through weights ``(B, K)``."""
+    return torch.einsum("bk,kb...->b...", weights, all_logits)

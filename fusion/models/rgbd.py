@@ -21,8 +21,8 @@ switches on the adapter set of the subset that is present.
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -30,14 +30,15 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from fusion.compute import AllocationCounter
+from fusion.core import FusionModel, Later
 from fusion.encoders.efficientnet_lite import RGB_MEAN, RGB_STD, STAGE_CHANNELS, EfficientNetLite0Encoder
-from fusion.methods.adapters import AdapterConfig, add_adapters, use_subset
-from fusion.methods.deq import DEQConfig, DEQFusion
-from fusion.methods.dynmm import FusionGate, GateConfig, resource_loss, straight_through
-from fusion.methods.sparse import SparseConfig, SparseTokenFusion
+from fusion.methods.adapters import AdapterConfig, add_adapters
+from fusion.methods.deq import DEQConfig, DEQFusion, DEQTrace
+from fusion.methods.dynmm import FusionGate, GateConfig, mix_branches, resource_loss, route, run_chosen
+from fusion.methods.sparse import SparseConfig, SparseTokenFusion, SparseTrace
 from fusion.methods.static import SEAddFusion, SqueezeExcite
 from fusion.registry import register
-from fusion.types import DEPTH, RGB, FusionError, SegmentationOutput
+from fusion.types import DEPTH, RGB, BlockTrace, FusionError, GateTrace, RunOptions, SegmentationOutput
 
 DEPTH_MEAN_M, DEPTH_STD_M = 2.8, 1.4  # NYUv2 train-split statistics, roughly; holes stay 0 after normalising
 
@@ -127,15 +128,32 @@ def _check_inputs(inputs: dict[str, torch.Tensor], *, need_rgb: bool = True
     return rgb, depth
 
 
-class RGBDSegmenter(nn.Module):
+@dataclass
+class _Trace:
+    """What one forward's method block reported (per call; never stored on the shared module)."""
+
+    tokens: SparseTrace | None = None
+    solver: DEQTrace | None = None
+    deq_out: torch.Tensor | None = None
+    deq_ctx: tuple | None = None
+    fusion_flops: float | None = None
+    fusion_bytes: float | None = None
+    zeroed: bool = False
+    block_out: torch.Tensor | None = None
+
+
+class RGBDSegmenter(FusionModel):
     """Two-stream RGB-D segmenter; ``dynamic=True`` adds the DynMM gate over fusion depth.
 
     ``kind`` picks the fusion: "static" (SE-add at every stage), "dynmm", "sparse" (token fusion replaces the
     stride-16 SE-add), "deq" (equilibrium fusion replaces the stride-32 SE-add) or "adapted" (static + adapters).
     """
 
+    task = "rgbd_seg"
+
     def __init__(self, *, cfg: SegConfig, kind: str = "static") -> None:
         super().__init__()
+        self.adapted = kind == "adapted"
         if kind not in ("static", "dynmm", "sparse", "deq", "adapted"):
             raise FusionError(f"unknown RGB-D fusion kind {kind!r}")
         self.cfg = cfg
@@ -206,7 +224,7 @@ class RGBDSegmenter(nn.Module):
         return (rgb - RGB_MEAN) / RGB_STD, d, valid
 
     def _run(self, x: torch.Tensor, d: torch.Tensor | None, k: int, rgb1: torch.Tensor | None = None,
-             trace: dict | None = None, opts: dict | None = None) -> torch.Tensor:
+             trace: "_Trace | None" = None, opts: RunOptions | None = None, counting: bool = False) -> torch.Tensor:
         """Hard path of branch ``k``: depth encoder stages ``0..k-1`` run and fuse; the rest never run.
         ``d=None`` (sparse/DEQ without depth): no depth stage runs; the method fuses RGB alone."""
         out_size = tuple(x.shape[-2:])  # per call, never stored on the (shared) module
@@ -218,10 +236,10 @@ class RGBDSegmenter(nn.Module):
                     d = None  # depth is fused at the method's stage only: its later stages never run
                 if d is not None:
                     d = self.depth_encoder.stages[s](d)
-                x = self._fuse(s, x, d, trace if trace is not None else {}, opts or {})
+                x = self._fuse(s, x, d, trace if trace is not None else _Trace(), opts or RunOptions(), counting)
             feats.append(x)
-        if trace is not None and self.kind == "deq" and trace.get("deq_states"):
-            trace["deq_ctx"] = (feats, trace["deq_out"], trace["deq_states"], out_size)  # decoded after counting
+        if trace is not None and self.kind == "deq" and trace.solver is not None and trace.solver.states:
+            trace.deq_ctx = (feats, trace.deq_out, trace.solver.states, out_size)  # decoded after counting
         return self.decoder(feats, out_size)
 
     def _decode_iterates(self, ctx: tuple) -> dict[int, torch.Tensor]:
@@ -231,33 +249,33 @@ class RGBDSegmenter(nn.Module):
         return {t: self.decoder(feats[:DEQ_STAGE] + [feats[DEQ_STAGE] - final_out + st], out_size)
                 for t, st in states.items()}
 
-    def _fuse(self, s: int, x: torch.Tensor, d: torch.Tensor | None, trace: dict, opts: dict) -> torch.Tensor:
+    def _fuse(self, s: int, x: torch.Tensor, d: torch.Tensor | None, trace: "_Trace", opts: RunOptions,
+              counting: bool = False) -> torch.Tensor:
         """Fuse depth into the RGB stream at stage ``s`` (the method's own block where it has one)."""
         if s == self.method_stage:
             stage = self.fusions[s]
-            if opts.get("zero_block"):  # ablation: the block's output zeroed (this stage gets no depth)
-                trace["zeroed"] = True
+            if opts.zero_block:  # ablation: the block's output zeroed (this stage gets no depth)
+                trace.zeroed = True
                 return stage.se_rgb(x)
             block = stage.block
             maps = {RGB: x} if d is None else {RGB: x, DEPTH: d}
-            names = ("pool", "keep_ratio") if self.kind == "sparse" else (
-                "solver", "max_iter", "tol", "stop_mode", "keep_states_at")
-            kw = {k: v for k, v in opts.items() if k in names}
-            if opts.get("_count") and self.kind == "sparse":  # the block splits unimodal / cross-modal cost
+            kw = opts.method_kwargs(("pool", "keep_ratio") if self.kind == "sparse" else (
+                "solver", "max_iter", "tol", "stop_mode", "keep_states_at"))
+            if counting and self.kind == "sparse":  # the block splits unimodal / cross-modal cost
                 out, tr = block(maps, measure=True, **kw)
-                trace["fusion_flops"], trace["fusion_bytes"] = tr.fusion_flops, tr.fusion_bytes
-            elif opts.get("_count"):  # the fusion block's own FLOPs and allocations (nested counters)
+                trace.fusion_flops, trace.fusion_bytes = tr.fusion_flops, tr.fusion_bytes
+            elif counting:  # the fusion block's own FLOPs and allocations (nested counters)
                 with FlopCounterMode(display=False) as fc, AllocationCounter() as mem:
                     out, tr = block(maps, **kw)
-                trace["fusion_flops"], trace["fusion_bytes"] = float(fc.get_total_flops()), float(mem.bytes)
+                trace.fusion_flops, trace.fusion_bytes = float(fc.get_total_flops()), float(mem.bytes)
             else:
                 out, tr = block(maps, **kw)
             if self.kind == "sparse":
-                trace["tokens"] = tr
+                trace.tokens = tr
             else:
-                trace["solver"], trace["deq_out"], trace["deq_states"] = tr, out, tr.states
+                trace.solver, trace.deq_out = tr, out
             if self.training:
-                trace["block_out"] = out  # for the distillation warm-up (fusion.train --distill-epochs)
+                trace.block_out = out  # for the distillation warm-up (fusion.train --distill-epochs)
             return stage.se_rgb(x) + out
         if self.cfg.depth_via_block_only:
             return self.fusions[s].se_rgb(x)  # depth enters through the method's block alone
@@ -299,28 +317,34 @@ class RGBDSegmenter(nn.Module):
         rgb1 = self.rgb_encoder.stages[0](x)
         return self.gate.rgb_summary(rgb1), self.gate.depth_features(d, valid), self._all_branches(x, d, rgb1)
 
-    # ---- forward ------------------------------------------------------------------------------------
-    def forward(self, inputs: dict[str, torch.Tensor], *, count_flops: bool = False, tau: float = 1.0,
-                force_branch: int | None = None, adapter: str | bool = "auto", **opts) -> SegmentationOutput:
-        """Segment a batch. ``count_flops`` measures each input's own forward with FlopCounterMode.
-
-        ``force_branch`` (DynMM) overrides the gate, e.g. to compare branches on one input. ``adapter``
-        (adapted model): "auto" switches on the adapter set of the present subset, False runs the frozen
-        base alone. ``opts``: per-call method settings for the app's live controls — sparse: ``pool``,
-        ``keep_ratio``; DEQ: ``solver``, ``max_iter``, ``tol``, ``stop_mode``, ``keep_states_at``; both:
-        ``zero_block=True`` zeroes the method block's output (the ablation: that stage then gets no depth)."""
-        bad = set(opts) - {"pool", "keep_ratio", "solver", "max_iter", "tol", "stop_mode", "keep_states_at", "zero_block",
-                           "_count"}
-        if bad:
-            raise FusionError(f"unknown forward options {sorted(bad)}")
-        if self.single:  # dedicated single-modality model: its modality is required, the other ignored
+    # ---- the shell's hooks ----------------------------------------------------------------------------
+    def check_inputs(self, inputs: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+        """Validate ``{"rgb": (B,3,H,W), "depth": (B,1,H,W)}`` and return the modalities this model consumes.
+        A dedicated single-modality model needs its modality and ignores the other."""
+        if self.single:
             if self.single not in inputs:
                 raise FusionError(f"this model was trained on {self.single} only: give a '{self.single}' input")
             inputs = {self.single: inputs[self.single]}
         rgb, depth = _check_inputs(inputs, need_rgb=self.kind not in ("static", "adapted"))
+        return tuple(m for m, t in ((RGB, rgb), (DEPTH, depth)) if t is not None)
+
+    def select(self, inputs: Mapping[str, torch.Tensor], i: int) -> dict[str, torch.Tensor]:
+        return {m: t[i:i + 1] for m, t in inputs.items() if t is not None and m in (RGB, DEPTH)}
+
+    def batch_size(self, inputs: Mapping[str, torch.Tensor]) -> int:
+        return int((inputs.get(RGB) if inputs.get(RGB) is not None else inputs[DEPTH]).shape[0])
+
+    def run(self, inputs: Mapping[str, torch.Tensor], present: tuple[str, ...], opts: RunOptions, *,
+            counting: bool) -> tuple[SegmentationOutput, Later]:
+        """Fill what is missing (and say so), then segment. ``opts.force_branch`` (DynMM) overrides the gate;
+        ``opts.adapter`` (adapted model) is applied by the shell; sparse: ``pool``, ``keep_ratio``; DEQ:
+        ``solver``, ``max_iter``, ``tol``, ``stop_mode``, ``keep_states_at``; both: ``zero_block`` zeroes the
+        method block's output (the ablation: that stage then gets no depth)."""
+        rgb = inputs.get(RGB) if RGB in present else None
+        depth = inputs.get(DEPTH) if DEPTH in present else None
         ref = rgb if rgb is not None else depth
         notes: list[str] = []
-        present = tuple(m for m, t in ((RGB, rgb), (DEPTH, depth)) if t is not None)
+        force_branch = opts.force_branch
         if self.single:
             notes.append(f"dedicated {self.single}-only model: one encoder, no fusion")
         elif depth is None:
@@ -333,45 +357,27 @@ class RGBDSegmenter(nn.Module):
                 notes.append("depth absent: the model was fed an all-zero (all-holes) depth map")
         if rgb is None and not self.single:
             notes.append("rgb absent: the model was fed a mean-grey image (zero after normalisation)")
-        active = None
-        if self.kind == "adapted":
-            active = present[0] if len(present) == 1 and adapter not in (False, None, "none") else None
-            if len(present) == 1:
-                notes.append(f"adapter set '{active}' (for {present[0]} only) switched on" if active else
-                             "adapters off: the frozen static model alone")
+        if self.kind == "adapted" and len(present) == 1:
+            active = self.adapter_subset(present, opts)
+            notes.append(f"adapter set '{active}' (for {present[0]} only) switched on" if active else
+                         "adapters off: the frozen static model alone")
         if depth is None and self.kind in ("static", "adapted", "dynmm") and not self.single:
             depth = torch.zeros_like(ref[:, :1])
         if rgb is None and not self.single:
             rgb = torch.full((ref.shape[0], 3, *ref.shape[-2:]), RGB_MEAN, dtype=ref.dtype, device=ref.device)
-        with use_subset(active) if self.kind == "adapted" else nullcontext():
-            out = self._forward_counted(rgb, depth, inputs, count_flops=count_flops, tau=tau,
-                                        force_branch=force_branch, adapter=adapter, opts=opts)
-        out.present, out.notes, out.adapter = present, notes + out.notes, active
-        return out
-
-    def _forward_counted(self, rgb: torch.Tensor, depth: torch.Tensor | None, inputs: dict[str, torch.Tensor], *,
-                         count_flops: bool, tau: float, force_branch: int | None, adapter: str | bool,
-                         opts: dict) -> SegmentationOutput:
-        """The forward of :meth:`forward` after input checks, FLOPs counted per input when asked."""
-        ref = rgb if rgb is not None else depth
-        if count_flops and ref.shape[0] > 1:
-            outs = [self.forward({m: t[i:i + 1] for m, t in inputs.items() if t is not None}, count_flops=True,
-                                 tau=tau, force_branch=force_branch, adapter=adapter, **opts)
-                    for i in range(ref.shape[0])]
-            return _cat_outputs(outs)
-        if count_flops:
-            with FlopCounterMode(display=False) as fc:
-                out = self._forward(rgb, depth, tau=tau, force_branch=force_branch, opts={**opts, "_count": True})
-            out.flops = torch.tensor([float(fc.get_total_flops())])
-        else:
-            out = self._forward(rgb, depth, tau=tau, force_branch=force_branch, opts=opts)
-        ctx = out.extras.pop("deq_ctx", None)
-        if ctx is not None:
-            out.extras["iter_logits"] = self._decode_iterates(ctx)
-        return out
+        ctx: list[tuple] = []
+        out = self._forward(rgb, depth, tau=opts.tau, force_branch=force_branch, opts=opts, counting=counting,
+                            ctx=ctx)
+        out.notes = notes + out.notes
+        later: Later = None
+        if ctx:  # DEQ: the prediction at kept solver iterations, decoded outside the FLOP count
+            def later() -> None:
+                out.iterate_logits = self._decode_iterates(ctx[0])
+        return out, later
 
     def _forward(self, rgb: torch.Tensor | None, depth: torch.Tensor | None, *, tau: float,
-                 force_branch: int | None, opts: dict) -> SegmentationOutput:
+                 force_branch: int | None, opts: RunOptions, counting: bool = False,
+                 ctx: list[tuple] | None = None) -> SegmentationOutput:
         if self.single == DEPTH:  # one depth encoder straight into the decoder
             d = torch.where(depth > 0, (depth - DEPTH_MEAN_M) / DEPTH_STD_M, torch.zeros_like(depth))
             return SegmentationOutput(logits=self.decoder(self.depth_encoder(d), tuple(d.shape[-2:])), present=())
@@ -379,36 +385,36 @@ class RGBDSegmenter(nn.Module):
             depth = None
         if depth is None:  # sparse / DEQ without depth; a dedicated RGB model
             x = (rgb - RGB_MEAN) / RGB_STD
-            trace: dict = {}
-            logits = self._run(x, None, self.num_stages, trace=trace, opts=opts)
-            return self._traced(logits, trace)
+            trace = _Trace()
+            logits = self._run(x, None, self.num_stages, trace=trace, opts=opts, counting=counting)
+            return self._traced(logits, trace, ctx)
         x, d, valid = self.normalise(rgb, depth)
         if not self.dynamic:
-            trace = {}
-            logits = self._run(x, d, self.num_stages, trace=trace, opts=opts)
-            return self._traced(logits, trace)
+            trace = _Trace()
+            logits = self._run(x, d, self.num_stages, trace=trace, opts=opts, counting=counting)
+            return self._traced(logits, trace, ctx)
         rgb1 = self.rgb_encoder.stages[0](x)
-        logits_g = self.gate(rgb1, d, valid)  # (B, K)
-        if self.training:
-            weights, probs = straight_through(logits_g, tau=tau, gumbel=self.cfg.gate.gumbel)
+        weights, probs, branch = route(self.gate(rgb1, d, valid), training=self.training, tau=tau,
+                                       tau_end=self.cfg.gate.tau_end, gumbel=self.cfg.gate.gumbel,
+                                       force_branch=force_branch)
+        names = tuple(f"depth in {k} stage{'s' if k != 1 else ''}" for k in range(self.num_stages + 1))
+        if weights is not None:  # training: every branch, mixed by the straight-through weights
             all_logits = self._all_branches(x, d, rgb1)  # (K, B, C, H, W)
-            logits = torch.einsum("bk,kbchw->bchw", weights, all_logits)
-            return SegmentationOutput(logits=logits, present=(), gate_probs=probs, branch=probs.argmax(1),
-                                      extras={"branch_logits": all_logits,
-                                              "resource_loss": resource_loss(probs, self.branch_cost)})
-        probs = F.softmax(logits_g / self.cfg.gate.tau_end, 1)  # the temperature training ended at
-        branch = probs.argmax(1) if force_branch is None else torch.full_like(probs.argmax(1), force_branch)
+            return SegmentationOutput(logits=mix_branches(weights, all_logits), present=(), gate=GateTrace(
+                probs=probs, branch=branch, names=names, branch_logits=all_logits,
+                resource_loss=resource_loss(probs, self.branch_cost)))
         logits = rgb.new_empty((rgb.shape[0], self.cfg.num_classes, *rgb.shape[-2:]))
-        for k in branch.unique().tolist():  # only the branches some input chose are executed
-            idx = (branch == k).nonzero().flatten()
-            logits[idx] = self._run(x[idx], d[idx], k, rgb1=rgb1[idx])
-        return SegmentationOutput(logits=logits, present=(), gate_probs=probs, branch=branch)
+        logits = run_chosen(branch, lambda k, idx: self._run(x[idx], d[idx], k, rgb1=rgb1[idx]), logits)
+        return SegmentationOutput(logits=logits, present=(), gate=GateTrace(probs=probs, branch=branch, names=names))
 
-    @staticmethod
-    def _traced(logits: torch.Tensor, trace: dict) -> SegmentationOutput:
-        extras = {k: trace[k] for k in ("deq_ctx", "fusion_flops", "fusion_bytes", "block_out", "zeroed") if k in trace}
-        return SegmentationOutput(logits=logits, present=(), tokens=trace.get("tokens"), solver=trace.get("solver"),
-                                  extras=extras)
+    def _traced(self, logits: torch.Tensor, trace: "_Trace", ctx: list[tuple] | None) -> SegmentationOutput:
+        if ctx is not None and trace.deq_ctx is not None:
+            ctx.append(trace.deq_ctx)
+        block = None
+        if self.method_stage is not None:
+            block = BlockTrace(fusion_flops=trace.fusion_flops, fusion_bytes=trace.fusion_bytes, zeroed=trace.zeroed,
+                               output=trace.block_out)
+        return SegmentationOutput(logits=logits, present=(), tokens=trace.tokens, solver=trace.solver, block=block)
 
     # ---- compute bookkeeping ------------------------------------------------------------------------
     @torch.no_grad()
@@ -422,7 +428,7 @@ class RGBDSegmenter(nn.Module):
         ks = range(self.num_stages + 1) if self.dynamic else [self.num_stages]
         for k in ks:
             with FlopCounterMode(display=False) as fc:
-                self._forward(rgb, depth, tau=1.0, force_branch=k if self.dynamic else None, opts={})
+                self._forward(rgb, depth, tau=1.0, force_branch=k if self.dynamic else None, opts=RunOptions())
             out.append(float(fc.get_total_flops()))
         self.train(was)
         return out
@@ -445,15 +451,6 @@ def adapter_target(name: str, module: nn.Module) -> bool:
     if name.startswith("fusions.") and name.endswith(".fc.2"):
         return True
     return (name.startswith("decoder.lateral.") and name.count(".") == 3) or name == "decoder.classifier"
-
-
-def _cat_outputs(outs: list[SegmentationOutput]) -> SegmentationOutput:
-    cat = lambda xs: None if xs[0] is None else torch.cat(xs)  # noqa: E731
-    return SegmentationOutput(logits=cat([o.logits for o in outs]), present=outs[0].present,
-                              gate_probs=cat([o.gate_probs for o in outs]), branch=cat([o.branch for o in outs]),
-                              flops=cat([o.flops for o in outs]), notes=outs[0].notes, adapter=outs[0].adapter,
-                              tokens=outs[0].tokens, solver=outs[0].solver,
-                              extras={"per_sample": outs} if outs[0].tokens or outs[0].solver else {})
 
 
 def _config(kw: dict) -> SegConfig:

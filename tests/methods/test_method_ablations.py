@@ -7,7 +7,7 @@ import torch
 
 from fusion import ablations
 from fusion.registry import create
-from fusion.types import DEPTH, RGB
+from fusion.types import DEPTH, RGB, RunOptions
 
 
 def _model(kind: str, pretrained: bool = False) -> torch.nn.Module:
@@ -30,7 +30,7 @@ def _inputs() -> dict[str, torch.Tensor]:
 def test_shared_prefix_path_is_the_models_forward(kind: str, opts: dict) -> None:
     m, x = _model(kind), _inputs()
     pre = ablations._stage_prefix(m, x[RGB], x[DEPTH])
-    logits, _ = ablations._stage_suffix(m, pre, opts)
+    logits, _ = ablations._stage_suffix(m, pre, RunOptions.of(**opts))
     assert torch.allclose(logits, m(x, **opts).logits, atol=1e-5)
 
 
@@ -52,7 +52,7 @@ def test_deq_iterates_approach_the_fixed_point() -> None:
     m, x = _model("deq", pretrained=True), _inputs()
     out = m(x, keep_states_at=(1, 2, 15))
     assert bool(out.solver.converged[0]) and int(out.solver.nstep[0]) < 15
-    errs = [float((out.extras["iter_logits"][k] - out.logits).abs().max()) for k in (1, 2, 15)]
+    errs = [float((out.iterate_logits[k] - out.logits).abs().max()) for k in (1, 2, 15)]
     assert errs[0] > errs[1] > errs[2] and errs[0] > 1e-3 and errs[2] < 1e-6
 
 

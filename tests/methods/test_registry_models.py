@@ -69,7 +69,7 @@ def test_every_trainable_parameter_gets_a_gradient(model):
         if model.kind == "sparse":  # the learned scorer only works in "topk" pooling
             loss = loss + model(_inputs(2), pool="topk").logits.square().mean()
         if model.dynamic:
-            loss = loss + out.extras["branch_logits"].square().mean() + out.extras["resource_loss"]
+            loss = loss + out.gate.branch_logits.square().mean() + out.gate.resource_loss
         loss.backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert trainable
@@ -180,7 +180,7 @@ def test_sparse_pooling_cuts_tokens_and_fusion_flops():
     sparse = m(x, count_flops=True)  # the shipped default: top-k by attention, keep ratio 0.1
     assert dense.tokens.tokens_before == dense.tokens.tokens_after == 600  # 2 x 15 x 20 stride-16 tokens
     assert sparse.tokens.tokens_after * 8 <= sparse.tokens.tokens_before
-    assert 0 < sparse.extras["fusion_flops"] < dense.extras["fusion_flops"]
+    assert 0 < sparse.block.fusion_flops < dense.block.fusion_flops
     assert float(sparse.flops[0]) < float(dense.flops[0])
 
 
@@ -191,8 +191,8 @@ def test_deq_output_reports_convergence_and_iterates():
     tr = out.solver
     assert tr is not None and tr.residuals.shape[0] == 1
     assert int(tr.nstep[0]) <= 20
-    assert set(out.extras["iter_logits"]) == {1, 3}
-    assert out.extras["iter_logits"][3].shape == out.logits.shape
+    assert set(out.iterate_logits) == {1, 3}
+    assert out.iterate_logits[3].shape == out.logits.shape
     if bool(tr.converged[0]):
         assert float(tr.rel_residual[0]) < 1e-3
 
