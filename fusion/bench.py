@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:  # torch and the library are imported where used, so that the --app page processes
     import torch   # start without them and their first render pays those imports, as it does in the app
@@ -317,8 +317,61 @@ def bench_app(pages: list[AppPage], repeats: int, threads: int, source: str = "a
     return rows
 
 
+def bench_clips(names: Sequence[str], repeats: int, *, untrained: bool = False) -> list[dict]:
+    """Emotion-clip models on the reference clip (one face crop, 2.39 s of speech, 12 word pieces): measured
+    FLOPs and interleaved wall time of each model and, for DynMM, of each fixed branch (its encoders included)."""
+    import torch
+
+    from fusion.checkpoints import list_cards, load_checkpoint
+    from fusion.clip_train import reference_clip
+    from fusion.compute import count_flops, time_interleaved
+    from fusion.registry import create, list_models
+
+    if untrained:
+        models = [(n, create(n, encoders=False)) for n in list_models("emotion_clips")]
+    else:
+        models = [(n, load_checkpoint(n)[0]) for n in (names or [c["name"] for c in list_cards("emotion_clips")])]
+    rows = []
+    for name, model in models:
+        model.eval()
+        x = reference_clip(model)
+        calls = {"model": lambda m=model: m(x)}
+        if model.kind == "dynmm":
+            calls.update({f"branch {'+'.join(b)}": (lambda k=k, m=model: m(x, force_branch=k))
+                          for k, b in enumerate(model.branches)})
+        with torch.no_grad():
+            times = time_interleaved(calls, repeats=repeats)
+            for label, fn in calls.items():
+                flops, out = count_flops(fn)
+                rows.append({"model": name, "path": label, "gflops": round(flops / 1e9, 4), "ran": list(out.ran),
+                             "ms": round(times[label].median_ms, 2),
+                             "iqr_ms": round(times[label].q3_ms - times[label].q1_ms, 2)})
+                print(json.dumps(rows[-1]))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
+    from fusion.tasks import get_task
+    from fusion.train import task_of
+
+    if get_task(task_of(argv)).name == "clips":
+        p = argparse.ArgumentParser(prog="python -m fusion.bench --task clips")
+        p.add_argument("--task", default="clips")
+        p.add_argument("models", nargs="*", help="clip checkpoint names (default: all shipped)")
+        p.add_argument("--repeats", type=int, default=10)
+        p.add_argument("--threads", type=int, default=2)
+        p.add_argument("--untrained", action="store_true")
+        p.add_argument("--json", metavar="PATH")
+        a = p.parse_args(argv)
+        import torch
+
+        torch.set_num_threads(a.threads)
+        rows = bench_clips(a.models, a.repeats, untrained=a.untrained)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rows, indent=1) + "\n")
+        return rows
     p = argparse.ArgumentParser(prog="python -m fusion.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="rgbd", choices=("rgbd",), help="rgbd (this parser); --task clips: its own")
     p.add_argument("models", nargs="*", help="checkpoint names (default: all shipped RGB-D ones)")
     p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
     p.add_argument("--repeats", type=int, default=None,

@@ -311,7 +311,14 @@ def robustness_from_cards(cards: list[dict]) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
+    from fusion.tasks import get_task
+    from fusion.train import task_of
+
+    task = get_task(task_of(argv))
+    if task.name != "rgbd":
+        raise SystemExit(task.evaluate(argv))
     p = argparse.ArgumentParser(prog="python -m fusion.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="rgbd", choices=("rgbd",), help="rgbd (this parser); --task clips: its own")
     p.add_argument("models", nargs="*", help="checkpoint names in assets/checkpoints (or paths)")
     p.add_argument("--data", default=None)
     p.add_argument("--limit", type=int, default=0, help="first N test frames only (smoke tests)")

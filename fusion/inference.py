@@ -182,3 +182,76 @@ def time_forwards(calls: Mapping[str, Callable[[], Any]], *, warmup: int = 1, re
     rounds with the models alternating (:func:`fusion.compute.time_interleaved`); median and spread per
     name."""
     return time_interleaved(calls, warmup=warmup, repeats=repeats)
+
+
+# ---------------------------------------------------------------------------
+# Emotion clips
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ClipResult:
+    """One clip through one clip model, ready to show."""
+
+    probs: list[float]  # fused per-emotion probabilities (order: fusion.data.emotion.EMOTIONS)
+    label: str  # the arg-max emotion
+    per_modality: dict[str, list[float]]  # each encoder's own head, for the encoders that ran
+    present: tuple[str, ...]  # modalities given to the model
+    ran: tuple[str, ...]  # encoders that actually ran (DynMM skips the others)
+    flops: float  # FLOPs of this forward, FlopCounterMode on the path that ran
+    ms: float | None  # wall time (median of `repeats` runs), None when not timed
+    gate_probs: list[float] | None = None  # DynMM: the gate's branch probabilities
+    branch: str | None = None  # DynMM: the subset that ran, e.g. "audio+text"
+    branch_names: tuple[str, ...] = ()
+    full_flops: float | None = None  # DynMM: the all-present-modalities branch on the same input (for "saved")
+    full_ms: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def clip_inputs(model: Any, clip: Any, modalities: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+    """Model inputs from a decoded clip (:class:`fusion.data.clips.ClipInput`): its face crops, the log-mel of its
+    audio and its transcript, keeping only ``modalities`` (the page's toggles) among the usable ones."""
+    from fusion.data.emotion import log_mel
+    from fusion.tasks import clips_inputs
+    from fusion.types import AUDIO, FACE, TEXT
+
+    keep = set(clip.usable if modalities is None else modalities) & set(clip.usable)
+    return clips_inputs(faces=clip.face_crops if FACE in keep else None,
+                        log_mel=log_mel(clip.audio) if AUDIO in keep and clip.audio is not None else None,
+                        text=clip.transcript if TEXT in keep else None,
+                        tokenizer=model.encoders[TEXT].tokenize)
+
+
+@torch.no_grad()
+def analyse_clip(model: Any, inputs: Mapping[str, torch.Tensor], *, repeats: int = 3,
+                 compare_full: bool = True) -> ClipResult:
+    """Run ``model`` on one clip's ``inputs``: probabilities, FLOPs on the path that ran, wall time, and for DynMM
+    the all-modality branch on the same input measured the same way (what the gate saved)."""
+    from fusion.data.emotion import EMOTIONS
+
+    out = model(inputs, count_flops=True)
+    ms = None
+    full_flops = full_ms = None
+    if repeats:
+        calls: dict[str, Callable[[], Any]] = {"model": lambda: model(inputs)}
+        full_k = None
+        if getattr(model, "kind", None) == "dynmm" and compare_full and out.gate is not None:
+            usable = [k for k, s in enumerate(model.branches) if set(s) <= set(out.present)]
+            full_k = usable[-1] if usable else None
+            if full_k is not None:
+                calls["full"] = lambda: model(inputs, force_branch=full_k)
+        times = time_interleaved(calls, repeats=repeats)
+        ms = times["model"].median_ms
+        if full_k is not None:
+            full_flops = float(model(inputs, count_flops=True, force_branch=full_k).flops[0])
+            full_ms = times["full"].median_ms
+    probs = torch.softmax(out.logits[0].float(), 0)
+    per = {m: torch.softmax(lg[0].float(), 0).tolist() for m, lg in out.modality_logits.items()
+           if bool(torch.isfinite(lg[0]).all())}
+    gate = out.gate
+    return ClipResult(probs=probs.tolist(), label=EMOTIONS[int(probs.argmax())], per_modality=per,
+                      present=out.present, ran=out.ran, flops=float(out.flops[0]), ms=ms,
+                      gate_probs=None if gate is None else gate.probs[0].tolist(),
+                      branch=None if gate is None else gate.names[int(gate.branch[0])],
+                      branch_names=() if gate is None else gate.names, full_flops=full_flops, full_ms=full_ms,
+                      notes=list(out.notes))

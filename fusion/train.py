@@ -24,6 +24,7 @@ import random
 import shlex
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,8 @@ METHOD_NAMES = {"static": "static SE-add fusion", "dynmm": "DynMM (fusion level)
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fusion.train", description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="rgbd", choices=("rgbd",),
+                   help="rgbd (this parser); --task clips has its own options (python -m fusion.train --task clips -h)")
     p.add_argument("--model", default="static_rgbd",
                    help="registry name (static_rgbd, dynmm_rgbd, sparse_rgbd, deq_rgbd, adapted_rgbd)")
     p.add_argument("--data", default=None, help="NYUv2 folder (default: $FUSION_NYUV2 or ../shared/data/nyuv2)")
@@ -270,8 +273,24 @@ def val_score(model: torch.nn.Module, ds, device: torch.device) -> dict:
     return {"miou": round(sum(per.values()) / len(per), 2), "branch_miou": [per[k] for k in ks]}
 
 
+def task_of(argv: Sequence[str] | None) -> str:
+    """The ``--task`` of a command line (default rgbd), read before the task's own parser runs."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    for i, a in enumerate(args):
+        if a == "--task" and i + 1 < len(args):
+            return args[i + 1]
+        if a.startswith("--task="):
+            return a.split("=", 1)[1]
+    return "rgbd"
+
+
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    from fusion.tasks import get_task
+
+    task = get_task(task_of(argv))
+    if task.name != "rgbd":
+        raise SystemExit(task.train(argv))
+    args = parse_args([a for a in (sys.argv[1:] if argv is None else argv)])
     rank, world, device = setup_distributed()
     if args.threads:
         torch.set_num_threads(args.threads)

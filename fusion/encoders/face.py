@@ -90,9 +90,10 @@ class FaceEncoder(nn.Module):
         self.out_dim = STAGE_CHANNELS[-1]
         self.head = EmotionHead(dim=self.out_dim, num_classes=cfg.num_classes, dropout=cfg.dropout)
 
-    def encode_crops(self, crops: torch.Tensor) -> torch.Tensor:
-        """(N, 1, H, W) crops in [0, 1] -> (N, 320) features (blurred first in eval mode, see ``input_blur``)."""
-        if not self.training and self.cfg.input_blur > 0:
+    def encode_crops(self, crops: torch.Tensor, blur: bool | None = None) -> torch.Tensor:
+        """(N, 1, H, W) crops in [0, 1] -> (N, 320) features, blurred first by ``input_blur`` when ``blur`` (default:
+        in eval mode; pass ``blur=False`` for crops that are blurred already, e.g. FER2013 Training faces)."""
+        if (not self.training if blur is None else blur) and self.cfg.input_blur > 0:
             crops = gaussian_blur(crops, self.cfg.input_blur)
         mu = crops.mean(dim=(-2, -1), keepdim=True)
         sd = crops.std(dim=(-2, -1), keepdim=True).clamp_min(1e-2)  # a flat crop stays flat, not amplified noise
@@ -102,8 +103,9 @@ class FaceEncoder(nn.Module):
             x = stage(x)
         return x.mean((2, 3))  # (N, 320)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> EncoderOutput:
-        """``x``: (B, 1, H, W) or (B, T, 1, H, W), uint8 or float in [0, 1]; ``mask``: (B, T) bool for sequences."""
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, *, blur: bool | None = None) -> EncoderOutput:
+        """``x``: (B, 1, H, W) or (B, T, 1, H, W), uint8 or float in [0, 1]; ``mask``: (B, T) bool for sequences;
+        ``blur``: see :meth:`encode_crops`."""
         if x.dim() == 4:
             x = x.unsqueeze(1)  # (B, 1, 1, H, W): a sequence of one crop
             if mask is not None and mask.shape != (x.shape[0], 1):
@@ -122,9 +124,9 @@ class FaceEncoder(nn.Module):
         keep = mask.reshape(-1)
         feats = flat.new_zeros(b * t, self.out_dim)
         if bool(keep.all()):
-            feats = self.encode_crops(flat)
+            feats = self.encode_crops(flat, blur)
         elif bool(keep.any()):
-            feats = feats.index_put((keep.nonzero().squeeze(1),), self.encode_crops(flat[keep]))  # padding not run
+            feats = feats.index_put((keep.nonzero().squeeze(1),), self.encode_crops(flat[keep], blur))  # padding not run
         tokens = feats.reshape(b, t, self.out_dim)  # (B, T, 320)
         pooled = masked_mean(tokens, mask)  # (B, 320)
         return EncoderOutput(tokens=tokens, mask=mask, pooled=pooled, logits=self.head(pooled), modality=FACE)

@@ -1,0 +1,195 @@
+"""Score the emotion-clip models (``python -m fusion.evaluate --task clips``): accuracy, macro-F1, measured
+compute, per-subset robustness, and DynMM's accuracy-compute trade-off against every fixed subset and a random
+router at the same compute.
+
+Every number is measured on real forwards: each paired sample (a face, a speech clip, an utterance; paired by
+label, see :data:`fusion.data.emotion.PAIRING_NOTE`) runs through the encoders and the fusion with
+``FlopCounterMode`` on the path that actually ran, so DynMM's FLOPs are those of the encoders its branch ran.
+Subset rows fuse the same encoder outputs with modalities left out. The random router draws each sample's
+branch from the gate's own branch frequencies on the split (seeded, averaged over 50 draws), so it spends the
+same compute on average. ``--split val`` is for choices; ``--split test`` is read once for the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from fusion.checkpoints import ASSETS, list_cards, load_checkpoint
+from fusion.clip_train import pairing, scores
+from fusion.data.emotion import NUM_EMOTIONS, PAIRING_NOTE, log_mel
+from fusion.models.clips import CLIP_MODALITIES, ClipClassifier
+from fusion.tasks import clips_inputs
+from fusion.types import AUDIO, FACE, TEXT, FusionError
+
+SUBSETS: tuple[tuple[str, ...], ...] = tuple(
+    s for r in (1, 2, 3) for s in itertools.combinations(CLIP_MODALITIES, r))
+FIGURES = ASSETS.parent / "figures"
+
+
+def _subset_name(s: Sequence[str]) -> str:
+    return "+".join(s)
+
+
+def clip_cards(root: Path = ASSETS) -> list[dict[str, Any]]:
+    """Cards of the shipped clip models (task emotion_clips)."""
+    try:
+        return list_cards("emotion_clips", root)
+    except FusionError:
+        return []
+
+
+@torch.no_grad()
+def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit: int = 0, threads: int = 2,
+             export_dir: Path = ASSETS, log: Any = print) -> dict[str, Any]:
+    """Score ``names`` on ``split``'s fixed pairing (see the module docstring)."""
+    torch.set_num_threads(threads)
+    pairs = pairing(split, 0, root)
+    n = len(pairs) if not limit else min(limit, len(pairs))
+    models = {nm: load_checkpoint(nm, export_dir) for nm in names}
+    res: dict[str, Any] = {"split": split, "samples": n, "pairing_note": PAIRING_NOTE, "models": {}}
+    per: dict[str, dict[str, list]] = {nm: {"pred": [], "flops": [], "ms": [], "branch": [], "ran": [],
+                                            "subsets": {_subset_name(s): [] for s in SUBSETS}} for nm in names}
+    fixed: dict[str, dict[str, list]] = {}
+    alone: dict[str, list[int]] = {m: [] for m in CLIP_MODALITIES}
+    labels: list[int] = []
+    any_model = next(iter(models.values()))[0]
+    tokenizer = any_model.encoders[TEXT].tokenize
+    t0 = time.time()
+    for i in range(n):
+        item = pairs[i]
+        labels.append(int(item["label"]))
+        inputs = clips_inputs(faces=item["face"][None], log_mel=log_mel(item["audio"]), text=item["text"],
+                              tokenizer=tokenizer)
+        enc = None
+        for nm, (model, card) in models.items():
+            if enc is None:
+                enc = {m: model.encode(m, inputs) for m in CLIP_MODALITIES}
+                for m in CLIP_MODALITIES:
+                    alone[m].append(int(enc[m].logits.argmax(1)))
+            out = model(inputs, count_flops=True)
+            p = per[nm]
+            p["pred"].append(int(out.labels[0]))
+            p["flops"].append(float(out.flops[0]))
+            p["branch"].append(None if out.branch is None else int(out.branch[0]))
+            p["ran"].append(list(out.ran))
+            t1 = time.perf_counter()
+            model(inputs)
+            p["ms"].append(1000 * (time.perf_counter() - t1))
+            for s in SUBSETS:
+                p["subsets"][_subset_name(s)].append(int(model.fuse({m: enc[m] for m in s}).argmax(1)))
+            if model.kind == "dynmm" and not fixed:  # every fixed branch, once (the branch network is shared)
+                fixed = {_subset_name(b): {"pred": [], "flops": []} for b in model.branches}
+                fixed["_model"] = nm  # type: ignore[assignment]
+            if model.kind == "dynmm" and fixed.get("_model") == nm:
+                for k, b in enumerate(model.branches):
+                    o = model(inputs, count_flops=True, force_branch=k)
+                    fixed[_subset_name(b)]["pred"].append(int(o.labels[0]))
+                    fixed[_subset_name(b)]["flops"].append(float(o.flops[0]))
+        if (i + 1) % 25 == 0:
+            log(f"  {i + 1}/{n} samples, {time.time() - t0:.0f} s")
+    y = torch.tensor(labels)
+    res["alone"] = {m: scores(torch.tensor(v), y) for m, v in alone.items()}
+    for nm, p in per.items():
+        card = models[nm][1]
+        row = {**scores(torch.tensor(p["pred"]), y), "gflops": round(float(np.mean(p["flops"])) / 1e9, 4),
+               "ms": round(float(np.median(p["ms"])), 1), "method": card.get("method"),
+               "subsets": {s: scores(torch.tensor(v), y)["accuracy"] for s, v in p["subsets"].items()}}
+        if any(b is not None for b in p["branch"]):
+            br = [b for b in p["branch"] if b is not None]
+            row["branch_share"] = {card["branches"][k]: round(br.count(k) / len(br), 3)
+                                   for k in range(len(card["branches"]))}
+            row["resource_weight"] = card.get("resource_weight")
+            row["encoders_run"] = {m: round(sum(m in r for r in p["ran"]) / len(p["ran"]), 3) for m in CLIP_MODALITIES}
+        res["models"][nm] = row
+    if fixed:
+        fixed.pop("_model")
+        res["fixed_branches"] = {b: {**scores(torch.tensor(v["pred"]), y),
+                                     "gflops": round(float(np.mean(v["flops"])) / 1e9, 4)} for b, v in fixed.items()}
+        branch_names = list(fixed)
+        preds = torch.tensor([fixed[b]["pred"] for b in branch_names])  # (K, N)
+        flops = torch.tensor([fixed[b]["flops"] for b in branch_names])  # (K, N)
+        res["random_router"] = {}
+        for nm, row in res["models"].items():
+            if "branch_share" not in row:
+                continue
+            share = torch.tensor([row["branch_share"][b] for b in branch_names])
+            accs, costs = [], []
+            for seed in range(50):
+                g = torch.Generator().manual_seed(seed)
+                k = torch.multinomial(share, len(y), replacement=True, generator=g)
+                accs.append(scores(preds[k, torch.arange(len(y))], y)["accuracy"])
+                costs.append(float(flops[k, torch.arange(len(y))].mean()) / 1e9)
+            res["random_router"][nm] = {"accuracy": round(float(np.mean(accs)), 2),
+                                        "accuracy_sd": round(float(np.std(accs)), 2),
+                                        "gflops": round(float(np.mean(costs)), 4)}
+    res["seconds"] = round(time.time() - t0, 1)
+    return res
+
+
+def readme_lines(res: dict[str, Any]) -> list[str]:
+    """The README tables of a result (see ``--readme``)."""
+    lines = [f"*{res['split']} pairing, {res['samples']} label-paired samples; {PAIRING_NOTE}*", "",
+             "| model | accuracy | macro-F1 | GFLOPs / clip (measured) | ms (CPU) | "
+             + " | ".join(_subset_name(s) for s in SUBSETS) + " |",
+             "|---|---|---|---|---|" + "---|" * len(SUBSETS)]
+    for nm, r in res["models"].items():
+        lines.append(f"| `{nm}` | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | {r['gflops']:.3f} | {r['ms']:.0f} | "
+                     + " | ".join(f"{r['subsets'][_subset_name(s)]:.1f}" for s in SUBSETS) + " |")
+    lines += ["", "Each encoder's own head on the same samples: "
+              + ", ".join(f"{m} {v['accuracy']:.2f}" for m, v in res["alone"].items()) + " (accuracy)."]
+    if "fixed_branches" in res:
+        lines += ["", "| DynMM routing | accuracy | macro-F1 | GFLOPs / clip | share of all-modality compute |",
+                  "|---|---|---|---|---|"]
+        full = res["fixed_branches"][_subset_name(CLIP_MODALITIES)]["gflops"]
+        for b, r in res["fixed_branches"].items():
+            lines.append(f"| fixed: {b} | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | {r['gflops']:.3f} | "
+                         f"{r['gflops'] / full:.2f} |")
+        for nm, r in res["models"].items():
+            if "branch_share" in r:
+                rr = res["random_router"][nm]
+                lines.append(f"| gate, λ={r['resource_weight']:g} (`{nm}`) | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | "
+                             f"{r['gflops']:.3f} | {r['gflops'] / full:.2f} |")
+                lines.append(f"| random router, same branch shares | {rr['accuracy']:.2f} ± {rr['accuracy_sd']:.2f} | "
+                             f"- | {rr['gflops']:.3f} | {rr['gflops'] / full:.2f} |")
+    return lines
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    from fusion.evaluate import _replace_block
+
+    p = argparse.ArgumentParser(prog="python -m fusion.evaluate --task clips", description=__doc__.split("\n")[0])
+    p.add_argument("--task", default="clips")
+    p.add_argument("models", nargs="*", help="clip checkpoints (default: every shipped one)")
+    p.add_argument("--split", default="val", choices=("val", "test"))
+    p.add_argument("--data", default=None)
+    p.add_argument("--limit", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default=None, help="JSON file (default assets/figures/clips_SPLIT.json)")
+    p.add_argument("--readme", default=None, help="write the tables into this README's results:clips block")
+    p.add_argument("--export-dir", default=str(ASSETS))
+    args = p.parse_args(argv)
+    names = args.models or [c["name"] for c in clip_cards(Path(args.export_dir)) if c.get("gate_trained", True)]
+    if not names:
+        print("error: no clip checkpoints")
+        return 2
+    try:
+        res = evaluate(names, args.split, root=args.data, limit=args.limit, threads=args.threads,
+                       export_dir=Path(args.export_dir))
+    except FusionError as e:
+        print(f"error: {e}")
+        return 2
+    out = Path(args.out or FIGURES / f"clips_{args.split}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    lines = readme_lines(res)
+    print("\n".join(lines))
+    if args.readme:
+        _replace_block(Path(args.readme), f"clips_{args.split}" if args.split != "test" else "clips", lines)
+    return 0
