@@ -29,6 +29,8 @@ from tqdm import tqdm
 from fusion.checkpoints import ASSETS, card_path, list_cards, load_checkpoint, read_card
 from fusion.data.nyuv2 import NYUv2, find_root
 from fusion.metrics import ConfusionMatrix
+from fusion.results import adapter_row, base_row, dedicated_row, robustness_from_cards
+from fusion.results import ADAPTER_KINDS, sort_adapter_cards  # noqa: F401 (moved there; re-exported)
 from fusion.types import DEPTH, RGB
 
 
@@ -215,47 +217,6 @@ def card_rows(root: Path = ASSETS) -> list[dict]:
     return rows
 
 
-ADAPTER_KINDS = ("lora", "ssf", "bitfit")  # table and page order: most parameters first
-
-
-def sort_adapter_cards(cards: list[dict]) -> list[dict]:
-    """Adapter cards in :data:`ADAPTER_KINDS` order (unknown kinds last)."""
-    def rank(c: dict) -> int:
-        kind = c["config"]["adapter"]["kind"]
-        return ADAPTER_KINDS.index(kind) if kind in ADAPTER_KINDS else len(ADAPTER_KINDS)
-    return sorted(cards, key=rank)
-
-
-def _epochs(card: dict) -> list[str]:
-    """["15 epochs"] from the card's training record (empty when it has none)."""
-    ep = (card.get("training") or {}).get("epochs") if isinstance(card.get("training"), dict) else None
-    return [f"{ep} epoch{'s' if ep != 1 else ''}"] if ep else []
-
-
-def _base_row(base: str, miou: dict) -> dict:
-    """Matrix row of the frozen base with adapters off; ``miou`` = {"both", "rgb", "depth"}."""
-    return {"method": "base", "label": f"`{base}`, modality missing, no adapter", "params": 0, **miou}
-
-
-def _adapter_row(card: dict) -> dict:
-    """Matrix row of an adapter card from its evaluated ``rgb_only`` / ``depth_only`` metrics. The label names
-    the kind and the epochs: the rows of one table can have different training lengths."""
-    m = card.get("metrics", {})
-    return {"method": card["name"],
-            "label": f"`{card['name']}` ({', '.join([card['config']['adapter']['kind'], *_epochs(card)])})",
-            "params": " / ".join(f"{v:,} ({card['adapter_share_percent'][k]:.2f}%)"
-                                 for k, v in card["adapter_params"].items()),
-            **{sub: m[f"{sub}_only"]["miou"] for sub in ("rgb", "depth") if f"{sub}_only" in m}}
-
-
-def _dedicated_row(card: dict, sub: str) -> dict:
-    """Matrix row of a dedicated ``sub``-only network from its evaluated metrics."""
-    ep = _epochs(card)
-    return {"method": card["name"],
-            "label": f"`{card['name']}`, dedicated {sub}-only network" + (f" ({ep[0]})" if ep else ""),
-            "params": f"{card['params']:,} (all)", sub: card["metrics"][f"{sub}_only"]["miou"]}
-
-
 def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -> tuple[list[dict], int]:
     """mIoU of the frozen base without / with each adapter kind, and of the dedicated models, per subset.
     The results go into each card's metrics (written unless ``limit``); the rows are built from them."""
@@ -276,14 +237,14 @@ def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -
             base_miou = {sub: evaluate(model, ds, drop=drop, adapter=False, limit=limit, timing=False, flops=False,
                                        desc=f"base {sub}")["miou"]
                          for sub, drop in (("both", None), ("rgb", DEPTH), ("depth", RGB))}
-            matrix.append(_base_row(card["base"], base_miou))
+            matrix.append(base_row(card["base"], base_miou))
         for sub, drop in (("rgb", DEPTH), ("depth", RGB)):
             res = evaluate(model, ds, drop=drop, limit=limit, timing=False, flops=False, desc=f"{name} {sub}")
             card.setdefault("metrics", {})[f"{sub}_only"] = {k: res[k] for k in ("miou", "pixel_acc")}
         card["metrics"]["base_no_adapter"] = dict(base_miou)
         if not limit:
             card_path(name).write_text(json.dumps(card, indent=2) + "\n")
-        matrix.append(_adapter_row(card))
+        matrix.append(adapter_row(card))
     for name in dedicated:
         model, card = load_checkpoint(name)
         drop = card.get("trained_without")
@@ -292,22 +253,8 @@ def robustness(names: list[str], dedicated: list[str], root: Path, limit: int) -
         card.setdefault("metrics", {})[f"{sub}_only"] = {k: res[k] for k in ("miou", "pixel_acc")}
         if not limit:
             card_path(name).write_text(json.dumps(card, indent=2) + "\n")
-        matrix.append(_dedicated_row(card, sub))
+        matrix.append(dedicated_row(card, sub))
     return matrix, (limit or (len(next(iter(datasets.values()))) if datasets else 0))
-
-
-def robustness_from_cards(cards: list[dict]) -> list[dict]:
-    """The robustness matrix rows (as :func:`robustness` returns them) from evaluated cards: the frozen base
-    without adapters, each adapter kind, each dedicated single-modality model. Unevaluated cards are skipped."""
-    adapters = sort_adapter_cards([c for c in cards if c.get("registry") == "adapted_rgbd"
-                                   and "base_no_adapter" in c.get("metrics", {})])
-    rows = [_base_row(adapters[0]["base"], adapters[0]["metrics"]["base_no_adapter"])] if adapters else []
-    rows += [_adapter_row(c) for c in adapters]
-    for c in cards:
-        sub = {DEPTH: "rgb", RGB: "depth"}.get(c.get("trained_without"))
-        if sub and f"{sub}_only" in c.get("metrics", {}):
-            rows.append(_dedicated_row(c, sub))
-    return rows
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

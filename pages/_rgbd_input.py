@@ -1,6 +1,7 @@
 """Shared pieces of the RGB-D pages: the input (upload or NYUv2 test frame), cached decoding and drawing
-helpers, model loading. Every function that draws widgets takes the page's key prefix, so each page keeps
-its own widget state.
+helpers, the cached RGB-D forward. Every function that draws widgets takes the page's key prefix, so each
+page keeps its own widget state. The task-agnostic parts (model cache, picker, cards, clean errors) are in
+``pages/_common.py``; ``load_model``, ``Run`` and ``run_page`` are re-exported here from there.
 
 An uploaded depth image is shown with the units it was read in and why; when auto-detection is unsure or
 the range is not plausible indoors, a warning next to the depth picture offers the choice, and the models
@@ -20,6 +21,9 @@ from typing import Any
 import numpy as np
 import streamlit as st
 
+from pages import _common as common
+from pages._common import Run, load_model, run_page  # noqa: F401 (re-exported: the pages' old import path)
+
 from fusion import inference, viz
 from fusion.data import nyuv2, upload
 from fusion.types import FusionError
@@ -37,44 +41,10 @@ DEPTH_TYPES = ["png", "tif", "tiff", "npy"]
 # --------------------------------------------------------------------------- models (cache_resource)
 
 
-@st.cache_resource(show_spinner="Loading model…")
-def load_model(name: str, trained: bool) -> tuple[Any, dict]:
-    """A shipped checkpoint, or (``trained=False``, no checkpoint yet) a randomly initialised registry model."""
-    if trained:
-        model, card = inference.load_checkpoint(name)
-    else:
-        import torch
-
-        from fusion.registry import create
-
-        torch.manual_seed(0)  # the same stand-in on every load
-        model, card = create(name, pretrained=False), {"name": name, "title": f"{name} (untrained)"}
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model, card
-
-
 def checkpoint_or_untrained(registry: str, what: str) -> list[tuple[str, bool]]:
-    """[(name, trained)] of the shipped checkpoints of ``registry``, or the untrained registry model with a
-    note on the page saying so."""
-    cards = [c for c in inference.list_checkpoints(TASK) if c.get("registry") == registry
-             and not inference.is_dedicated(c)]
-    if cards:
-        return [(c["name"], True) for c in cards]
-    st.info(f"No trained {what} checkpoint in `assets/checkpoints/` yet: showing a **randomly initialised** "
-            "model so you can see the mechanics — its predictions mean nothing.")
-    return [(registry, False)]
-
-
-class Run(dict):
-    """What a page keeps of one forward (no logits), as a dict so st.cache_data can pickle it."""
-
-    def __getattr__(self, key: str) -> Any:
-        try:
-            return self[key]
-        except KeyError:
-            raise AttributeError(key) from None
+    """[(name, trained)] of the shipped RGB-D checkpoints of ``registry``, or the untrained registry model
+    with a note on the page saying so (:func:`pages._common.checkpoint_or_untrained` for this task)."""
+    return common.checkpoint_or_untrained(registry, what, TASK)
 
 
 def _np(t: Any) -> Any:
@@ -459,15 +429,3 @@ def metrics_line(pred: np.ndarray, gt: np.ndarray | None, n: int) -> str | None:
         return "no labelled pixels in this frame"
     return (f"pixel acc **{m['pixel_acc'] * 100:.1f}%** · mIoU **{m['miou'] * 100:.1f}%** "
             f"(this frame, {m['n_classes']} classes)")
-
-
-def run_page(main) -> None:
-    """Run a page's ``main`` with clean errors: a message, never a traceback."""
-    try:
-        main()
-    except FusionError as e:
-        st.error(str(e))
-    except Exception as e:  # last resort: a message, never a traceback
-        st.error("Something went wrong while processing this input. Try another file, or report the details below.")
-        with st.expander("Details"):
-            st.code(f"{type(e).__name__}: {e}")

@@ -1,7 +1,8 @@
 """Shared views of the RGB-D pages: a segmentation map with its own legend, the without-depth change table,
-the block-off comparison of the sparse and DEQ pages, model cards as tables, and times measured with the
-models interleaved. Inputs and model loading live in ``pages/_rgbd_input.py``; this module only draws what
-``fusion`` computes.
+the block-off comparison of the sparse and DEQ pages, and times measured with the models interleaved. Inputs
+live in ``pages/_rgbd_input.py``; the model cache, model cards and the time metric in ``pages/_common.py``
+(``show_card_tables`` and ``time_metric`` are re-exported here). This module only draws what ``fusion``
+computes.
 """
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pages._rgbd_input import load_model, metrics_line, overlay
+from pages._common import load_model
+from pages._common import show_card_tables, time_metric  # noqa: F401 (re-exported: the pages' old import path)
+from pages._rgbd_input import metrics_line, overlay
 
 from fusion import compute, inference, viz
 
@@ -81,18 +84,6 @@ def block_off_comparison(on: Mapping, off: Mapping, background: np.ndarray, name
     return share
 
 
-# --------------------------------------------------------------------------- model cards
-
-
-def show_card_tables(items: Sequence[tuple[str, str]]) -> None:
-    """An expander with the model cards of [(title, checkpoint name)], each as a readable table."""
-    with st.expander("Model cards (data, licence, test-set scores, how to reproduce)"):
-        for title, name in items:
-            card = load_model(name, True)[1]
-            st.markdown(f"**{title}** — `{name}`")
-            st.table(pd.DataFrame(viz.card_rows(card), columns=["field", "value"]), hide_index=True)
-
-
 # --------------------------------------------------------------------------- timing
 
 
@@ -124,18 +115,3 @@ def time_calls(calls: Mapping[str, Timed], rgb: np.ndarray, depth: np.ndarray | 
     spec = tuple((title, c.name, c.trained, c.depth and depth is not None, c.drop_rgb, tuple(sorted(c.opts)))
                  for title, c in calls.items())
     return _time_calls(models, spec, rgb, depth, REPEATS)
-
-
-def time_metric(col, label: str, timing: compute.Timing, ratio: compute.TimeRatio | None = None,
-                reference: str = "") -> None:
-    """A time metric: the median, and versus ``reference`` a percentage only when the timing is steady (else
-    a coarse range marked noisy, colour off)."""
-    value = f"{'≈' if timing.noisy else ''}{timing.median_ms:.0f} ms"
-    if ratio is None:
-        col.metric(label, value, "noisy" if timing.noisy else f"IQR {timing.q1_ms:.0f}–{timing.q3_ms:.0f} ms",
-                   delta_color="off")
-        return
-    col.metric(label, value, ratio.delta_text(reference), delta_color="off" if ratio.noisy else "inverse",
-               help=f"{timing.text()}. " + ("Too noisy for a percentage: the range is the interquartile range of "
-                                            "the per-round time ratios." if ratio.noisy else
-                                            "Median of the per-round time ratios (the models alternated)."))

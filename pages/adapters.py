@@ -8,19 +8,36 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages._common import run_and_show, run_page, show_card_tables, task_cards
 from pages._nav import ensure_navigation_mode
 from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, depth_picture, gt_targets, prepare,
-                               read_input, run_page, segment, show_input, sidebar)
-from pages._rgbd_views import draw_ground_truth, draw_map, show_card_tables
+                               read_input, segment, show_input, sidebar)
+from pages._rgbd_views import draw_ground_truth, draw_map
 
 from fusion import inference, viz
-from fusion.evaluate import robustness_from_cards, sort_adapter_cards
+from fusion.results import robustness_from_cards, sort_adapter_cards
 
 ensure_navigation_mode()
 
 KIND_HELP = {"lora": "LoRA: low-rank update of convolutions", "ssf": "SSF: per-channel scale and shift",
              "bitfit": "BitFit: bias terms only"}
 KIND_SHORT = {"lora": "LoRA", "ssf": "SSF", "bitfit": "BitFit"}  # what the sidebar box shows
+
+
+def robustness_section(cards: list[dict], adapters: list[dict]) -> None:
+    """The subset x method robustness matrix read from the evaluated cards (nothing is computed here)."""
+    matrix = robustness_from_cards(cards)
+    if not matrix:
+        st.info("No evaluated adapter checkpoints yet: run `python -m fusion.evaluate --robustness ...`.")
+        return
+    st.plotly_chart(viz.robustness_figure([r["label"].replace("`", "") for r in matrix],
+                                          ["RGB + depth", "RGB only", "depth only"],
+                                          [[r.get(k) for k in ("both", "rgb", "depth")] for r in matrix]),
+                    key="miss_matrix_chart", width="stretch")
+    shares = {c["config"]["adapter"]["kind"]: c.get("adapter_share_percent") for c in adapters}
+    st.caption("mIoU (%) over 39 classes from `python -m fusion.evaluate --robustness`. Adapter share of the "
+               "model's parameters per subset: " + "; ".join(
+                   f"{k}: " + ", ".join(f"{s} {v:.2f}%" for s, v in (p or {}).items()) for k, p in shares.items()))
 
 
 def main() -> None:
@@ -35,7 +52,7 @@ def main() -> None:
     sb.header("Modalities")
     use_rgb = sb.toggle("RGB", value=True, key="miss_use_rgb")
     use_depth = sb.toggle("Depth", value=True, key="miss_use_depth")
-    cards = inference.list_checkpoints(TASK)
+    cards = task_cards(TASK)
     adapters = [c for c in cards if c.get("registry") == "adapted_rgbd"]
     dedicated = [c for c in cards if inference.is_dedicated(c)]
     if adapters:
@@ -103,18 +120,7 @@ def main() -> None:
                 "off in the sidebar.")
 
     st.subheader("Robustness matrix (NYUv2 test split)")
-    matrix = robustness_from_cards(cards)
-    if matrix:
-        st.plotly_chart(viz.robustness_figure([r["label"].replace("`", "") for r in matrix],
-                                              ["RGB + depth", "RGB only", "depth only"],
-                                              [[r.get(k) for k in ("both", "rgb", "depth")] for r in matrix]),
-                        key="miss_matrix_chart", width="stretch")
-        shares = {c["config"]["adapter"]["kind"]: c.get("adapter_share_percent") for c in adapters}
-        st.caption("mIoU (%) over 39 classes from `python -m fusion.evaluate --robustness`. Adapter share of the "
-                   "model's parameters per subset: " + "; ".join(
-                       f"{k}: " + ", ".join(f"{s} {v:.2f}%" for s, v in (p or {}).items()) for k, p in shares.items()))
-    else:
-        st.info("No evaluated adapter checkpoints yet: run `python -m fusion.evaluate --robustness ...`.")
+    run_and_show(robustness_section, cards, adapters, what="The robustness matrix")  # a bad card: a message
     if a_trained:
         show_card_tables([(f"{KIND_SHORT.get(kind, kind)} adapters" if adapters else "adapters", a_name)])
 

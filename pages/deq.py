@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from pages._common import run_page, show_card_tables
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (checkpoint_or_untrained, class_names, gt_targets, prepare, read_input, run_page,
-                               segment, show_input, sidebar)
-from pages._rgbd_views import Timed, block_off_comparison, draw_ground_truth, draw_map, show_card_tables, time_calls
+from pages._rgbd_input import (checkpoint_or_untrained, class_names, gt_targets, prepare, read_input, segment,
+                               show_input, sidebar)
+from pages._rgbd_views import Timed, block_off_comparison, draw_ground_truth, draw_map, time_calls
 
 from fusion import compute, viz
 from fusion.methods.deq import SOLVERS, DEQConfig

@@ -1,5 +1,6 @@
 """Evidence page: does each method do what it claims? Reads the ablation results `fusion.evaluate` wrote
-(nothing is computed here: the numbers are the test-split measurements behind the README).
+(nothing is computed here: the numbers are the test-split measurements behind the README; the tables come
+from ``fusion.results``, the same code that writes the README's).
 
 Files read from ``assets/figures/`` (or the folder in ``$FUSION_FIGURES``, e.g. for tests):
 ``dynmm_pareto.json``, ``sparse_ablation_test.json`` and ``deq_ablation_test.json``. A missing file gives a
@@ -14,9 +15,10 @@ from pathlib import Path
 import plotly.graph_objects as go
 import streamlit as st
 
+from pages._common import run_page
 from pages._nav import ensure_navigation_mode
 
-from fusion import ablations, viz
+from fusion import results, viz
 
 ensure_navigation_mode()
 
@@ -142,7 +144,7 @@ def sparse_summary(res: dict) -> str:
 
 def sparse_section(res: dict) -> None:
     summary, fig = sparse_summary(res), sparse_figure(res)  # built first: a broken file draws nothing
-    tables = "\n".join(ablations.sparse_lines(res, res.get("env", ""), res.get("split", SPLIT)))
+    tables = "\n".join(results.sparse_lines(res, res.get("env", ""), res.get("split", SPLIT)))
     st.markdown(
         "Sparse fusion claims that **a few well-chosen tokens per modality** carry what cross-modal attention "
         "needs. So the tokens it keeps must do about as well as keeping **all** of them (dense), better than "
@@ -200,7 +202,7 @@ def deq_summary(res: dict) -> str:
 
 def deq_section(res: dict) -> None:
     summary, fig = deq_summary(res), deq_figure(res)  # built first: a broken file draws nothing
-    tables = "\n".join(ablations.deq_lines(res, res.get("env", ""), res.get("split", SPLIT)))
+    tables = "\n".join(results.deq_lines(res, res.get("env", ""), res.get("split", SPLIT)))
     st.markdown(
         "DEQ fusion claims that the fused state is the **fixed point** of its block, found by a solver. So the "
         "solve must converge, the prediction should improve (or at least settle) as the solver approaches the "
@@ -227,13 +229,16 @@ def section(header: str, path: Path, what: str, command: str, draw) -> None:
         unreadable(path, e, command)
 
 
-st.title("Does each method do what it claims?")
-st.caption("Every number here was measured by `python -m fusion.evaluate` on the NYUv2 test split (read once, "
-           "after every setting was chosen on the validation split); this page only draws it.")
+def main() -> None:
+    st.title("Does each method do what it claims?")
+    st.caption("Every number here was measured by `python -m fusion.evaluate` on the NYUv2 test split (read once, "
+               "after every setting was chosen on the validation split); this page only draws it.")
+    section("DynMM: does the gate decide?", FIGURES / "dynmm_pareto.json", "DynMM",
+            "python -m fusion.evaluate --pareto ...", dynmm_section)
+    section("Sparse token fusion: do the kept tokens carry the fusion?", FIGURES / f"sparse_ablation_{SPLIT}.json",
+            "sparse-fusion", f"python -m fusion.evaluate --ablate sparse_rgbd --split {SPLIT}", sparse_section)
+    section("DEQ fusion: does the fixed point matter?", FIGURES / f"deq_ablation_{SPLIT}.json", "DEQ-fusion",
+            f"python -m fusion.evaluate --ablate deq_rgbd --split {SPLIT}", deq_section)
 
-section("DynMM: does the gate decide?", FIGURES / "dynmm_pareto.json", "DynMM",
-        "python -m fusion.evaluate --pareto ...", dynmm_section)
-section("Sparse token fusion: do the kept tokens carry the fusion?", FIGURES / f"sparse_ablation_{SPLIT}.json",
-        "sparse-fusion", f"python -m fusion.evaluate --ablate sparse_rgbd --split {SPLIT}", sparse_section)
-section("DEQ fusion: does the fixed point matter?", FIGURES / f"deq_ablation_{SPLIT}.json", "DEQ-fusion",
-        f"python -m fusion.evaluate --ablate deq_rgbd --split {SPLIT}", deq_section)
+
+run_page(main)

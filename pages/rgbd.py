@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages._common import Run, pick_model, run_page, show_card_tables, task_cards, time_metric
 from pages._nav import ensure_navigation_mode
-from pages._rgbd_input import (TASK, Run, class_names, gt_targets, prepare, read_input, run_page,
-                               segment, show_input, sidebar)
-from pages._rgbd_views import (Timed, change_table, draw_ground_truth, draw_map, show_card_tables, time_calls,
-                               time_metric)
+from pages._rgbd_input import TASK, class_names, gt_targets, prepare, read_input, segment, show_input, sidebar
+from pages._rgbd_views import Timed, change_table, draw_ground_truth, draw_map, time_calls
 
 from fusion import compute, inference, viz
 
@@ -38,19 +37,16 @@ def pick_models() -> list[tuple[str, str, bool]]:
     """[(title, checkpoint or registry name, trained)] for static fusion and DynMM. The static model is the
     card named exactly ``static_rgbd`` when shipped (older static cards such as ``static_rgbd_cpu15`` are
     bases of other models, not the reference)."""
-    cards = inference.list_checkpoints(TASK)
-    static = inference.preferred_card([c for c in cards if card_kind(c) == "static"], inference.STATIC_FUSION)
-    dyn = [c for c in cards if card_kind(c) == "dynmm"]
+    static = inference.preferred_card(task_cards(TASK, lambda c: card_kind(c) == "static"), inference.STATIC_FUSION)
     chosen: list[tuple[str, str, bool]] = []
     chosen.append((STATIC, static["name"], True) if static else (STATIC, "static_rgbd", False))
+    dyn = pick_model(
+        TASK, key="rgbd_budget", label="DynMM budget", keep=lambda c: card_kind(c) == "dynmm", format_func=card_label,
+        help="DynMM checkpoints trained with different resource-loss weights λ: a higher λ makes the "
+             "gate prefer cheaper branches (less depth). GFLOPs: mean over the test split.")
     if dyn:
-        by_name = {c["name"]: c for c in dyn}
-        pick = st.sidebar.selectbox(
-            "DynMM budget", list(by_name), format_func=lambda n: card_label(by_name[n]), key="rgbd_budget",
-            help="DynMM checkpoints trained with different resource-loss weights λ: a higher λ makes the "
-                 "gate prefer cheaper branches (less depth). GFLOPs: mean over the test split.")
-        st.sidebar.caption(card_detail(by_name[pick]))
-        chosen.append((DYNMM, pick, True))
+        st.sidebar.caption(card_detail(dyn))
+        chosen.append((DYNMM, dyn["name"], True))
     else:
         chosen.append((DYNMM, "dynmm_rgbd", False))
     if not (static and dyn):

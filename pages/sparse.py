@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import streamlit as st
 
+from pages._common import run_page, show_card_tables, task_cards, time_metric
 from pages._nav import ensure_navigation_mode
 from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, depth_picture, gt_targets, no_depth_words,
-                               prepare, read_input, run_page, segment, show_input, sidebar)
-from pages._rgbd_views import (Timed, block_off_comparison, change_table, draw_map, show_card_tables, time_calls,
-                               time_metric)
+                               prepare, read_input, segment, show_input, sidebar)
+from pages._rgbd_views import Timed, block_off_comparison, change_table, draw_map, time_calls
 
 from fusion import compute, inference, viz
 from fusion.methods.sparse import POOL_MODES, SparseConfig
@@ -53,7 +53,7 @@ def _mb(b: float | None) -> float | None:
 
 def model_window(name: str, trained: bool, default: tuple[int, int] | None) -> tuple[int, int] | None:
     """The pooling window the checkpoint was built with (its card's config), else ``default``."""
-    card = next((c for c in inference.list_checkpoints(TASK) if c.get("name") == name), {}) if trained else {}
+    card = next((c for c in task_cards(TASK) if c.get("name") == name), {}) if trained else {}
     sparse_cfg = (card.get("config") or {}).get("sparse") or {}
     if "window" not in sparse_cfg:
         return default

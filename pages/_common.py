@@ -1,0 +1,197 @@
+"""What every page shares, whatever its task: the model cache, a model picker over a task's shipped cards,
+model cards drawn as readable tables, and running a page (or one part of it) with clean errors.
+
+Task-agnostic: nothing here knows about RGB-D, images or emotions. Models come from
+``fusion.inference`` / ``fusion.checkpoints`` by checkpoint name; the task-specific inputs and views live
+in the pages' own helper modules (``pages/_rgbd_input.py``, ``pages/_rgbd_views.py``), which import these.
+Pages never import a CLI module (``fusion.evaluate``, ``fusion.train``, ...): what they need from stored
+results is in ``fusion.results``.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import pandas as pd
+import streamlit as st
+
+from fusion import compute, inference, viz
+from fusion.types import FusionError
+
+T = TypeVar("T")
+
+GENERIC_ERROR = "Something went wrong while processing this input. Try another file, or report the details below."
+CARDS_EXPANDER = "Model cards (data, licence, test-set scores, how to reproduce)"
+# the fields a card table starts with, in this order (the rest follow as the card lists them)
+CARD_FIRST = ("name", "title", "task", "method", "data", "licence", "split", "selected_on", "metrics", "command")
+
+
+# --------------------------------------------------------------------------- models (cache_resource)
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def load_model(name: str, trained: bool = True) -> tuple[Any, dict]:
+    """The model of a shipped checkpoint and its card, loaded once per process (keyed by the checkpoint
+    name), for any task. ``trained=False`` (no checkpoint yet): the registry model ``name``, randomly
+    initialised with a fixed seed, under a stand-in card.
+
+    The model is in eval mode with gradients off and is shared by every session: callers pass per-call
+    settings as arguments of the forward and never store state on the model (or edit the card)."""
+    if trained:
+        model, card = inference.load_checkpoint(name)
+    else:
+        import torch
+
+        from fusion.registry import create
+
+        torch.manual_seed(0)  # the same stand-in on every load
+        model, card = create(name, pretrained=False), {"name": name, "title": f"{name} (untrained)"}
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, card
+
+
+def task_cards(task: str, keep: Callable[[dict], bool] | None = None) -> list[dict]:
+    """The shipped cards of ``task`` a page may offer (controls left out, sorted by name), optionally only
+    those ``keep`` accepts."""
+    return [c for c in inference.list_checkpoints(task) if keep is None or keep(c)]
+
+
+def card_label(card: Mapping[str, Any]) -> str:
+    """How a picker shows a card: its name and, when the card says, its method (``static_rgbd · static
+    SE-add fusion``)."""
+    name = str(card.get("name") or "?")
+    method = str(card.get("method") or "").strip()
+    return f"{name} · {method}" if method else name
+
+
+def pick_model(task: str, *, key: str, label: str = "Model", keep: Callable[[dict], bool] | None = None,
+               format_func: Callable[[dict], str] = card_label, help: str | None = None, where: Any = None,
+               empty_note: str | None = None) -> dict | None:
+    """A selectbox over the shipped cards of ``task`` (``keep`` filters them), each shown by ``format_func``
+    (default: name and method); returns the chosen card, or None (with ``empty_note`` as a note, when
+    given) when the task has no card to offer. ``where``: the container (default the sidebar). The
+    widget's value is the checkpoint name, so its state survives a change of labels."""
+    cards = task_cards(task, keep)
+    box = st.sidebar if where is None else where
+    if not cards:
+        if empty_note:
+            box.info(empty_note)
+        return None
+    by_name = {c["name"]: c for c in cards}
+    name = box.selectbox(label, list(by_name), key=key, format_func=lambda n: format_func(by_name[n]), help=help)
+    return by_name[name]
+
+
+def checkpoint_or_untrained(registry: str, what: str, task: str) -> list[tuple[str, bool]]:
+    """[(name, trained)] of the shipped checkpoints of ``task`` built as ``registry`` (dedicated
+    single-modality baselines left out), or the untrained registry model with a note on the page saying so."""
+    cards = task_cards(task, lambda c: c.get("registry") == registry and not inference.is_dedicated(c))
+    if cards:
+        return [(c["name"], True) for c in cards]
+    st.info(f"No trained {what} checkpoint in `assets/checkpoints/` yet: showing a **randomly initialised** "
+            "model so you can see the mechanics — its predictions mean nothing.")
+    return [(registry, False)]
+
+
+class Run(dict):
+    """What a page keeps of one forward (arrays and numbers, no tensors), as a dict so st.cache_data can
+    pickle it; its fields read as attributes too."""
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            raise AttributeError(key) from None
+
+
+# --------------------------------------------------------------------------- model cards
+
+
+def card_for_display(card: Mapping[str, Any]) -> dict:
+    """The card with :data:`CARD_FIRST` fields first and ``pairing_note`` left out (it is drawn on its own,
+    above the table)."""
+    first = {k: card[k] for k in CARD_FIRST if k in card}
+    rest = {k: v for k, v in card.items() if k not in first and k != "pairing_note"}
+    return {**first, **rest}
+
+
+def card_table(card: Mapping[str, Any]) -> pd.DataFrame:
+    """A card as a (field, value) table with readable labels (:func:`fusion.viz.card_rows`)."""
+    return pd.DataFrame(viz.card_rows(card_for_display(card)), columns=["field", "value"])
+
+
+def pairing_notes(cards: Iterable[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    """The ``pairing_note`` of each (title, card) that has one, as one line each."""
+    return [f"**{title}**: {str(card['pairing_note']).strip()}" for title, card in cards
+            if str(card.get("pairing_note") or "").strip()]
+
+
+def show_cards(cards: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+    """Model cards [(title, card)]: any pairing note in plain sight (how the modalities were paired matters
+    for reading every number), then one expander with each card as a readable table."""
+    for note in pairing_notes(cards):
+        st.warning(note, icon=":material/link:")
+    with st.expander(CARDS_EXPANDER):
+        for title, card in cards:
+            st.markdown(f"**{title}** — `{card.get('name', '?')}`")
+            st.table(card_table(card), hide_index=True)
+
+
+def show_card_tables(items: Sequence[tuple[str, str]]) -> None:
+    """:func:`show_cards` for [(title, checkpoint name)] (the cards of the cached models)."""
+    show_cards([(title, load_model(name, True)[1]) for title, name in items])
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def time_metric(col, label: str, timing: compute.Timing, ratio: compute.TimeRatio | None = None,
+                reference: str = "") -> None:
+    """A time metric: the median, and versus ``reference`` a percentage only when the timing is steady (else
+    a coarse range marked noisy, colour off)."""
+    value = f"{'≈' if timing.noisy else ''}{timing.median_ms:.0f} ms"
+    if ratio is None:
+        col.metric(label, value, "noisy" if timing.noisy else f"IQR {timing.q1_ms:.0f}–{timing.q3_ms:.0f} ms",
+                   delta_color="off")
+        return
+    col.metric(label, value, ratio.delta_text(reference), delta_color="off" if ratio.noisy else "inverse",
+               help=f"{timing.text()}. " + ("Too noisy for a percentage: the range is the interquartile range of "
+                                            "the per-round time ratios." if ratio.noisy else
+                                            "Median of the per-round time ratios (the models alternated)."))
+
+
+# --------------------------------------------------------------------------- clean errors
+
+
+def error_message(exc: BaseException, what: str | None = None) -> tuple[str, str | None]:
+    """What the page says about ``exc``: (message, details or None). A :class:`FusionError` is the library
+    telling the user what is wrong: its text is the message. Anything else is a bug or an unreadable input:
+    a general message, the exception's type and text as details. ``what``: the part of the page that failed
+    (e.g. "The robustness matrix"), named first."""
+    lead = f"{what}: " if what else ""
+    if isinstance(exc, FusionError):
+        return lead + str(exc), None
+    general = GENERIC_ERROR if not what else (f"{what} could not be shown. Try another input, or report the "
+                                              "details below.")
+    return general, f"{type(exc).__name__}: {exc}"
+
+
+def run_and_show(fn: Callable[..., T], *args: Any, what: str | None = None, **kwargs: Any) -> T | None:
+    """``fn(*args, **kwargs)``, or — when it raises — an ``st.error`` saying what went wrong (details in an
+    expander for an unexpected error) and None, so the rest of the page keeps working. Streamlit's own
+    control flow (``st.stop``, ``st.rerun``: not ``Exception``) passes through."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception as e:  # FusionError first (a message for the user), else a last resort: never a traceback
+        message, details = error_message(e, what)
+        st.error(message)
+        if details:
+            with st.expander("Details"):
+                st.code(details)
+        return None
+
+
+def run_page(main: Callable[[], Any]) -> None:
+    """Run a page's ``main`` with clean errors: a message, never a traceback."""
+    run_and_show(main)
