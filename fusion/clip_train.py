@@ -60,7 +60,8 @@ class FeatureCache:
     @classmethod
     def build(cls, model: ClipClassifier, split: str, root: str | None = None, *, batch: int = 128,
               log: Any = print) -> "FeatureCache":
-        readers = {FACE: FER2013(root, split), AUDIO: RAVDESS(root, split), TEXT: MELD(root, split)}
+        r = corpus_roots(root)
+        readers = {FACE: FER2013(r[FACE], split), AUDIO: RAVDESS(r[AUDIO], split), TEXT: MELD(r[TEXT], split)}
         data: dict[str, dict[str, Any]] = {}
         for m, r in readers.items():
             t0 = time.time()
@@ -122,12 +123,20 @@ class FeatureCache:
         return out, torch.tensor([p[0] for p in pairs], dtype=torch.long)
 
 
-def pairing(split: str, seed: int, root: str | None, per_class: int | None = None) -> TrimodalPairs:
-    """The label pairing of ``split`` (train: with replacement, ``per_class`` per emotion)."""
+def corpus_roots(data: str | Path | None) -> dict[str, Path | None]:
+    """The corpus folders under ``data`` (``fer2013/``, ``ravdess/``, ``meld/``); None = each corpus' default."""
+    names = {FACE: "fer2013", AUDIO: "ravdess", TEXT: "meld"}
+    return {m: (None if data is None else Path(data) / n) for m, n in names.items()}
+
+
+def pairing(split: str, seed: int, root: str | Path | None, per_class: int | None = None) -> TrimodalPairs:
+    """The label pairing of ``split`` (train: with replacement, ``per_class`` per emotion); ``root``: the folder
+    holding the three corpora (None: their defaults)."""
+    r = corpus_roots(root)
+    kw = {"fer_root": r[FACE], "ravdess_root": r[AUDIO], "meld_root": r[TEXT]}
     if split == "train":
-        return TrimodalPairs("train", seed, per_class, replacement=True, fer_root=root, ravdess_root=root,
-                             meld_root=root)
-    return TrimodalPairs(split, seed, fer_root=root, ravdess_root=root, meld_root=root)
+        return TrimodalPairs("train", seed, per_class, replacement=True, **kw)
+    return TrimodalPairs(split, seed, **kw)
 
 
 # ---------------------------------------------------------------------------
@@ -156,7 +165,7 @@ def branch_predictions(model: ClipClassifier, cache: FeatureCache, pairs: Sequen
     for a in range(0, len(pairs), 256):
         enc, y = cache.batch(pairs[a : a + 256])
         outs.append(model.branch_logits(enc) if model.kind == "dynmm" else model.fuse(enc)[None])
-        gates.append(model.gate(enc[model.cfg.gate.gate_modality]) if model.kind == "dynmm"
+        gates.append(model.gate(enc) if model.kind == "dynmm"
                      else torch.zeros(len(y), 1))
         ys.append(y)
     model.train(was)
@@ -228,12 +237,11 @@ def train_gate(model: ClipClassifier, *, train_cache: FeatureCache, root: str | 
         bl, _, y = branch_predictions(model, train_cache, pairs.pairs)
         losses = torch.stack([F.cross_entropy(lg, y, reduction="none") for lg in bl], 1)  # (N, K)
         order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed + epoch))
-        g = model.cfg.gate.gate_modality
         model.gate.train()
         for a in range(0, len(order), 128):
             idx = order[a : a + 128]
             enc, _ = train_cache.batch([pairs.pairs[int(i)] for i in idx])
-            loss = routing_target_loss(model.gate(enc[g]), losses[idx], model.branch_cost,
+            loss = routing_target_loss(model.gate(enc), losses[idx], model.branch_cost,
                                        resource_weight=resource_weight)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -260,10 +268,13 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--gate-modality", default=TEXT, choices=CLIP_MODALITIES)
+    p.add_argument("--gate-modality", default=TEXT,
+                   help="the encoder(s) that always run and feed the gate: text, face, audio or e.g. face+text")
     p.add_argument("--resource-weights", type=float, nargs="*", default=[0.05, 0.1, 0.2, 0.4],
                    help="DynMM: one gate per lambda (budget); each is exported as NAME_lambda")
     p.add_argument("--gate-epochs", type=int, default=20)
+    p.add_argument("--branch-fusion", default="tokens", choices=("tokens", "late"),
+                   help="DynMM: the branches' shared fusion (concat-token transformer or late fusion)")
     p.add_argument("--init", default=None, help="DynMM: start from this exported dynmm_clips card (skip branch training)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--cache-dir", default=str(CACHE_DIR))
@@ -274,7 +285,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     cmd = "python -m fusion.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     try:
-        cfg: dict[str, Any] = {"gate_modality": args.gate_modality} if args.model == "dynmm_clips" else {}
+        cfg: dict[str, Any] = ({"gate_modality": args.gate_modality, "branch_fusion": args.branch_fusion}
+                               if args.model == "dynmm_clips" else {})
         if args.init:
             from fusion.checkpoints import load_checkpoint
 

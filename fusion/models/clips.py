@@ -25,6 +25,7 @@ absent (its mask too). Encoders are loaded from their shipped checkpoints (``enc
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from typing import Mapping
 
@@ -48,7 +49,7 @@ _REGISTRY_ENCODERS = {FACE: "face_encoder", AUDIO: "audio_encoder", TEXT: "text_
 class ClipGateConfig:
     """DynMM on clips: which modality always runs and feeds the gate, and the gate's width."""
 
-    gate_modality: str = TEXT  # its encoder runs on every input; every branch contains it
+    gate_modality: str = TEXT  # the encoder(s) that run on every input and feed the gate ("text", "face+text")
     hidden: int = 64  # width of the gate's MLP
     tau_end: float = 0.1  # softmax temperature of the trained gate (inference probabilities)
     gumbel: bool = False
@@ -64,13 +65,25 @@ class ClipConfig:
     dropout: float = 0.1
     num_classes: int = NUM_EMOTIONS
     encoders: bool = True  # load the shipped encoder checkpoints (False: untrained encoders, for tests)
+    branch_fusion: str = "tokens"  # DynMM: the branches' shared fusion, "tokens" (concat transformer) or "late"
     gate: ClipGateConfig = field(default_factory=ClipGateConfig)
 
 
+def gate_set(gate_modality: str) -> tuple[str, ...]:
+    """The always-run modalities named by ``gate_modality`` ("text" or "face+text"), in canonical order."""
+    parts = [m for m in gate_modality.split("+") if m]
+    bad = [m for m in parts if m not in CLIP_MODALITIES]
+    if bad or not parts or len(parts) == len(CLIP_MODALITIES):
+        raise FusionError(f"gate_modality must name one or two of {CLIP_MODALITIES} joined by '+', got {gate_modality!r}")
+    return tuple(m for m in CLIP_MODALITIES if m in parts)
+
+
 def branch_subsets(gate_modality: str) -> tuple[tuple[str, ...], ...]:
-    """The DynMM branches: every modality subset that contains the gate modality, cheapest first."""
-    others = [m for m in CLIP_MODALITIES if m != gate_modality]
-    subsets = [(gate_modality,), (gate_modality, others[0]), (gate_modality, others[1]), tuple(CLIP_MODALITIES)]
+    """The DynMM branches: every modality subset that contains the gate's modalities, smallest first (the
+    gate's own modalities alone, then with one more, then all three)."""
+    g = set(gate_set(gate_modality))
+    others = [m for m in CLIP_MODALITIES if m not in g]
+    subsets = [g | set(extra) for r in range(len(others) + 1) for extra in itertools.combinations(others, r)]
     return tuple(tuple(m for m in CLIP_MODALITIES if m in s) for s in subsets)
 
 
@@ -143,15 +156,19 @@ class LateFusion(nn.Module):
 
 
 class ClipGate(nn.Module):
-    """The DynMM gate on the gate modality's pooled embedding and its own head's probabilities (a few kFLOPs)."""
+    """The DynMM gate on the always-run modalities' pooled embeddings and their own heads' probabilities (a few
+    kFLOPs: the encoders it reads run anyway)."""
 
-    def __init__(self, *, dim: int, num_branches: int, cfg: ClipGateConfig) -> None:
+    def __init__(self, *, dims: Mapping[str, int], num_branches: int, cfg: ClipGateConfig) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.LayerNorm(dim + NUM_EMOTIONS), nn.Linear(dim + NUM_EMOTIONS, cfg.hidden),
-                                 nn.GELU(), nn.Linear(cfg.hidden, num_branches))
+        self.modalities = tuple(dims)
+        width = sum(d + NUM_EMOTIONS for d in dims.values())
+        self.mlp = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, cfg.hidden), nn.GELU(),
+                                 nn.Linear(cfg.hidden, num_branches))
 
-    def forward(self, e: EncoderOutput) -> torch.Tensor:
-        return self.mlp(torch.cat([e.pooled, F.softmax(e.logits, 1)], 1))
+    def forward(self, enc: Mapping[str, EncoderOutput]) -> torch.Tensor:
+        return self.mlp(torch.cat([t for m in self.modalities
+                                   for t in (enc[m].pooled, F.softmax(enc[m].logits, 1))], 1))
 
 
 class ClipClassifier(FusionModel):
@@ -163,16 +180,19 @@ class ClipClassifier(FusionModel):
         super().__init__()
         if kind not in ("late", "concat", "dynmm"):
             raise FusionError(f"unknown clip fusion kind {kind!r}")
-        if cfg.gate.gate_modality not in CLIP_MODALITIES:
-            raise FusionError(f"gate_modality must be one of {CLIP_MODALITIES}, got {cfg.gate.gate_modality!r}")
+        self.gate_modalities = gate_set(cfg.gate.gate_modality)
         self.cfg, self.kind = cfg, kind
         self.modalities = CLIP_MODALITIES
         self.encoders = nn.ModuleDict({m: _load_encoder(m, cfg.encoders) for m in CLIP_MODALITIES})
         dims = {m: int(self.encoders[m].out_dim) for m in CLIP_MODALITIES}
-        self.fusion: nn.Module = LateFusion(cfg=cfg) if kind == "late" else TokenFusion(in_dims=dims, cfg=cfg)
+        if cfg.branch_fusion not in ("tokens", "late"):
+            raise FusionError(f"branch_fusion must be 'tokens' or 'late', got {cfg.branch_fusion!r}")
+        late = kind == "late" or (kind == "dynmm" and cfg.branch_fusion == "late")
+        self.fusion: nn.Module = LateFusion(cfg=cfg) if late else TokenFusion(in_dims=dims, cfg=cfg)
         self.branches = branch_subsets(cfg.gate.gate_modality) if kind == "dynmm" else (CLIP_MODALITIES,)
         if kind == "dynmm":
-            self.gate = ClipGate(dim=dims[cfg.gate.gate_modality], num_branches=len(self.branches), cfg=cfg.gate)
+            self.gate = ClipGate(dims={m: dims[m] for m in self.gate_modalities}, num_branches=len(self.branches),
+                                 cfg=cfg.gate)
         # measured FLOPs of each branch on the reference clip, normalised to max 1 (set by calibrate_costs)
         self.register_buffer("branch_cost", torch.linspace(0.25, 1.0, len(self.branches)))
 
@@ -249,52 +269,54 @@ class ClipClassifier(FusionModel):
             enc = {m: self.encode(m, inputs) for m in present}
             return FusionOutput(logits=self.fuse(enc), present=present, notes=notes, ran=present,
                                 modality_logits={m: e.logits for m, e in enc.items()}), None
-        g = self.cfg.gate.gate_modality
+        gs = self.gate_modalities
         names = tuple("+".join(s) for s in self.branches)
-        if g not in present or opts.force_branch is not None and not set(self.branches[opts.force_branch]) <= set(present):
-            # no gate input (or a forced branch that needs an absent modality): the branch of what is present
-            usable = [k for k, s in enumerate(self.branches) if set(s) <= set(present)]
+        forced_ok = opts.force_branch is None or set(self.branches[opts.force_branch]) <= set(present)
+        if not set(gs) <= set(present) or not forced_ok:
+            # no gate input (or a forced branch that needs an absent modality): fuse what is present
             enc = {m: self.encode(m, inputs) for m in present}
-            if g not in present:
-                notes.append(f"{g} absent: the gate cannot run; all present modalities fused")
-            b = self.batch_size(inputs)
-            k = usable[-1] if usable else -1
+            missing = [m for m in gs if m not in present]
+            if missing:
+                notes.append(f"{' and '.join(missing)} absent: the gate cannot run; all present modalities fused")
+            usable = [k for k, s in enumerate(self.branches) if set(s) <= set(present)]
             gate = None
-            if k >= 0:
-                probs = F.one_hot(torch.full((b,), k, dtype=torch.long), len(self.branches)).float()
+            if usable:
+                probs = F.one_hot(torch.full((self.batch_size(inputs),), usable[-1], dtype=torch.long),
+                                  len(self.branches)).float()
                 gate = GateTrace(probs=probs, branch=probs.argmax(1), names=names)
             return FusionOutput(logits=self.fuse(enc), present=present, notes=notes, ran=present, gate=gate,
                                 modality_logits={m: e.logits for m, e in enc.items()}), None
-        ge = self.encode(g, inputs)
+        ge = {m: self.encode(m, inputs) for m in gs}
         weights, probs, branch = route(self.gate(ge), training=self.training, tau=opts.tau,
                                        tau_end=self.cfg.gate.tau_end, gumbel=self.cfg.gate.gumbel,
                                        force_branch=opts.force_branch)
         if weights is not None:  # training with raw inputs: every branch, mixed
-            enc = {g: ge, **{m: self.encode(m, inputs) for m in CLIP_MODALITIES if m != g}}
+            enc = {**ge, **{m: self.encode(m, inputs) for m in CLIP_MODALITIES if m not in gs}}
             all_logits = self.branch_logits(enc)
             return FusionOutput(logits=mix_branches(weights, all_logits), present=present, notes=notes,
                                 ran=CLIP_MODALITIES, gate=GateTrace(probs=probs, branch=branch, names=names,
                                 branch_logits=all_logits, resource_loss=resource_loss(probs, self.branch_cost))), None
         # a branch needing an absent modality is replaced by the largest branch within what is present
         usable = [k for k, s in enumerate(self.branches) if set(s) <= set(present)]
-        fallback = {k: max(u for u in usable if set(self.branches[u]) <= set(self.branches[k]) | {g})
+        fallback = {k: max(u for u in usable if set(self.branches[u]) <= set(self.branches[k]))
                     for k in range(len(self.branches))}
         chosen = torch.tensor([k if k in usable else fallback[k] for k in branch.tolist()], dtype=torch.long)
         if not torch.equal(chosen, branch):
             notes.append("the gate chose a modality that is absent for some inputs: they ran the branch of what "
                          "is present")
-        ran: set[str] = {g}
-        mod_logits: dict[str, torch.Tensor] = {g: ge.logits}
+        ran: set[str] = set(gs)
+        mod_logits: dict[str, torch.Tensor] = {m: e.logits for m, e in ge.items()}
         b = self.batch_size(inputs)
-        logits = ge.logits.new_zeros(b, self.cfg.num_classes)
+        first = next(iter(ge.values())).logits
+        logits = first.new_zeros(b, self.cfg.num_classes)
 
         def run_branch(k: int, idx: torch.Tensor) -> torch.Tensor:
-            enc = {g: _rows(ge, idx)}
+            enc = {m: _rows(e, idx) for m, e in ge.items()}
             for m in self.branches[k]:
-                if m != g:
+                if m not in gs:
                     enc[m] = self.encode(m, inputs, idx)
                     ran.add(m)
-                    mod_logits.setdefault(m, ge.logits.new_full((b, self.cfg.num_classes), float("nan")))[idx] = \
+                    mod_logits.setdefault(m, first.new_full((b, self.cfg.num_classes), float("nan")))[idx] = \
                         enc[m].logits
             return self.fuse(enc)
 
