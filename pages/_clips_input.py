@@ -69,9 +69,13 @@ def nothing_usable(clip: ClipInput) -> FusionError:
 @st.cache_data(show_spinner="Decoding the clip…", max_entries=8)
 def decode_upload(video: bytes | None, video_name: str | None, audio: bytes | None, audio_name: str | None,
                   transcript: bytes | str | None, transcript_name: str | None) -> ClipInput:
-    """:func:`fusion.data.clips.load_clip` on uploaded bytes (FusionError when nothing is usable)."""
-    return clipdata.load_clip(video=video, audio=audio, transcript=transcript, transcript_name=transcript_name,
+    """:func:`fusion.data.clips.load_clip` on uploaded bytes (FusionError when nothing is usable). The sampled
+    frames are dropped (the page draws the face crops, not the frames): a minute of video at 640 px would make
+    every rerun unpickle a hundred megabytes from the cache."""
+    clip = clipdata.load_clip(video=video, audio=audio, transcript=transcript, transcript_name=transcript_name,
                               video_name=video_name, audio_name=audio_name)
+    clip.frames = None
+    return clip
 
 
 def decode_photo(data: bytes) -> np.ndarray:

@@ -46,7 +46,7 @@ def sentence(text: str) -> str:
 def draw_face(clip: ClipInput) -> None:
     crops, captions = crop_strip(clip)
     st.image(crops, caption=captions, width=64)
-    n_frames = 0 if clip.frames is None else len(clip.frames)
+    n_frames = len(clip.face_boxes) if clip.face_boxes is not None else 0
     k = 0 if clip.face_crops is None else len(clip.face_crops)
     shown = f" ({len(crops)} shown)" if len(crops) < k else ""
     st.caption(f"{k} face crop{'s' if k != 1 else ''}{shown}, 48×48 grey as in FER2013, from {n_frames} sampled "

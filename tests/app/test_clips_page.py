@@ -31,7 +31,7 @@ TRANSCRIPT = "I can't believe we actually won, this is the best day ever!"
 @pytest.fixture(scope="module")
 def media() -> dict[str, bytes]:
     return {"mp4": mp4_bytes(), "wav": wav_bytes(tone(1.2)), "silent": wav_bytes(np.zeros(16_000, np.float32)),
-            "jpg": jpg_bytes(face_image())}
+            "jpg": jpg_bytes(face_image()), "long_wav": wav_bytes(tone(61.0, amp=0.2))}
 
 
 @pytest.fixture
@@ -118,6 +118,15 @@ def test_uploaded_clip_shows_probabilities_gate_and_compute(app_cwd, no_emotion_
     assert "Per-emotion probabilities" in text
     assert "**Decision:** none" in text
     assert "Transcript: switched off" in text
+
+    # an audio file longer than a minute replaces the video's sound: cut to its first 60 s, with a note
+    at.checkbox(key="clips_use_text").check()
+    at.file_uploader(key="clips_audio").set_value(("long.wav", media["long_wav"], "audio/wav"))
+    at.run()
+    _clean(at)
+    infos = " ".join(str(i.value) for i in at.info)
+    assert "the first 60 s are analysed" in infos and "not from the sound track of talk.mp4" in infos
+    _shows_results(at)
 
 
 def test_live_photo_recording_and_text(app_cwd, no_emotion_data, media):
