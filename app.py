@@ -17,5 +17,7 @@ adapters = st.Page("pages/adapters.py", title="RGB-D: missing modalities", icon=
                    url_path="adapters")
 evidence = st.Page("pages/evidence.py", title="Does it do what it claims?", icon=":material/fact_check:",
                    url_path="evidence")
+clips = st.Page("pages/clips.py", title="Clips: static vs DynMM", icon=":material/mood:", url_path="clips")
 
-st.navigation({"Fusion Explorer": [home], "RGB-D segmentation": [rgbd, sparse, deq, adapters, evidence]}).run()
+st.navigation({"Fusion Explorer": [home], "RGB-D segmentation": [rgbd, sparse, deq, adapters, evidence],
+               "Emotion clips": [clips]}).run()

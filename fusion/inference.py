@@ -18,7 +18,7 @@ from fusion.checkpoints import ASSETS, list_cards
 from fusion.checkpoints import load_checkpoint as _load
 from fusion.compute import Timing, time_interleaved
 from fusion.methods.sparse import TOPK_MODES, WINDOW_MODES
-from fusion.types import DEPTH, RGB, FusionError, SegmentationOutput
+from fusion.types import AUDIO, DEPTH, FACE, RGB, TEXT, FusionError, SegmentationOutput
 
 STATIC_FUSION = "static_rgbd"  # the card the pages call "the static fusion model" whenever it is shipped
 
@@ -208,12 +208,38 @@ class ClipResult:
     notes: list[str] = field(default_factory=list)
 
 
+def clips_inputs(faces: np.ndarray | None = None, log_mel: np.ndarray | None = None, text: str | None = None,
+                 *, tokenizer: Any = None) -> dict[str, torch.Tensor]:
+    """One clip as model inputs: ``faces`` (T, 48, 48) uint8 crops, ``log_mel`` (64, T) dB, ``text`` a string
+    (tokenized by ``tokenizer``, the text encoder's ``tokenize``). Missing ones are left out.
+
+    Lives here, not in :mod:`fusion.tasks` (which re-exports it), so that pages reach it without reaching the
+    task descriptors' training and evaluation commands."""
+    out: dict[str, torch.Tensor] = {}
+    if faces is not None and len(faces):
+        f = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.uint8)).float().div(255)
+        if f.dim() == 2:
+            f = f[None]
+        out[FACE] = f[None, :, None]  # (1, T, 1, 48, 48)
+        out["face_mask"] = torch.ones(1, f.shape[0], dtype=torch.bool)
+    if log_mel is not None and np.asarray(log_mel).shape[-1] > 0:
+        a = torch.from_numpy(np.ascontiguousarray(log_mel, dtype=np.float32))
+        out[AUDIO] = a[None]
+        out["audio_mask"] = torch.ones(1, a.shape[-1], dtype=torch.bool)
+    if text is not None and text.strip():
+        if tokenizer is None:
+            raise FusionError("text needs the text encoder's tokenizer")
+        ids, mask = tokenizer([text.strip()])
+        out[TEXT], out["text_mask"] = ids, mask
+    if not any(m in out for m in (FACE, AUDIO, TEXT)):
+        raise FusionError("nothing usable: give a face, speech or a transcript")
+    return out
+
+
 def clip_inputs(model: Any, clip: Any, modalities: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
     """Model inputs from a decoded clip (:class:`fusion.data.clips.ClipInput`): its face crops, the log-mel of its
     audio and its transcript, keeping only ``modalities`` (the page's toggles) among the usable ones."""
     from fusion.data.emotion import log_mel
-    from fusion.tasks import clips_inputs
-    from fusion.types import AUDIO, FACE, TEXT
 
     keep = set(clip.usable if modalities is None else modalities) & set(clip.usable)
     return clips_inputs(faces=clip.face_crops if FACE in keep else None,

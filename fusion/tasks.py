@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
+from fusion.inference import clips_inputs  # noqa: F401 (re-exported: defined where the pages can reach it)
 from fusion.types import AUDIO, DEPTH, FACE, RGB, TEXT, FusionError, FusionOutput
 
 
@@ -86,31 +87,6 @@ def _clip_labels() -> list[str]:
     from fusion.data.emotion import EMOTIONS
 
     return list(EMOTIONS)
-
-
-def clips_inputs(faces: np.ndarray | None = None, log_mel: np.ndarray | None = None, text: str | None = None,
-                 *, tokenizer: Any = None) -> dict[str, torch.Tensor]:
-    """One clip as model inputs: ``faces`` (T, 48, 48) uint8 crops, ``log_mel`` (64, T) dB, ``text`` a string
-    (tokenized by ``tokenizer``, the text encoder's ``tokenize``). Missing ones are left out."""
-    out: dict[str, torch.Tensor] = {}
-    if faces is not None and len(faces):
-        f = torch.from_numpy(np.ascontiguousarray(faces, dtype=np.uint8)).float().div(255)
-        if f.dim() == 2:
-            f = f[None]
-        out[FACE] = f[None, :, None]  # (1, T, 1, 48, 48)
-        out["face_mask"] = torch.ones(1, f.shape[0], dtype=torch.bool)
-    if log_mel is not None and np.asarray(log_mel).shape[-1] > 0:
-        a = torch.from_numpy(np.ascontiguousarray(log_mel, dtype=np.float32))
-        out[AUDIO] = a[None]
-        out["audio_mask"] = torch.ones(1, a.shape[-1], dtype=torch.bool)
-    if text is not None and text.strip():
-        if tokenizer is None:
-            raise FusionError("text needs the text encoder's tokenizer")
-        ids, mask = tokenizer([text.strip()])
-        out[TEXT], out["text_mask"] = ids, mask
-    if not any(m in out for m in (FACE, AUDIO, TEXT)):
-        raise FusionError("nothing usable: give a face, speech or a transcript")
-    return out
 
 
 def _clip_decode(out: FusionOutput) -> dict[str, Any]:

@@ -78,8 +78,11 @@ def test_home_page(app_cwd, no_data_env):
     text = _texts(at)
     assert "Fusion Explorer" in at.title[0].value
     assert "DynMM" in text and "RGB-D" in text
-    assert "planned" in text  # honest about what is not shipped yet
-    assert at.get("page_link"), "home links to the RGB-D page"
+    assert "paired by label, not recorded together" in text  # honest about how the clip data were made
+    assert "static (late fusion, concat-token transformer) and DynMM" in text
+    links = at.get("page_link")
+    assert links, "home links to the model pages"
+    assert any("clips" in str(link.proto.page) for link in links), "home links to the clip page"
 
 
 # --------------------------------------------------------------------------- RGB-D page
