@@ -52,16 +52,12 @@ def is_offered_dynmm(card: Mapping[str, Any]) -> bool:
 
 
 def budget_label(card: Mapping[str, Any]) -> str:
-    """How the budget picker shows a DynMM card: ``λ=0.1 · val 42% of the FLOPs · val acc 51.3%`` (with the
-    branches' fusion, ``late branches``, when the card's config names one; the name when the card has none of
-    these)."""
+    """How the budget picker shows a DynMM card: ``λ=0.1 · val 42% of the FLOPs · val acc 51.3%`` (the name when
+    the card has none of these)."""
     parts = []
     lam = card.get("resource_weight")
     if isinstance(lam, (int, float)) and not isinstance(lam, bool):
         parts.append(f"λ={lam:g}")
-    config = card.get("config") if isinstance(card.get("config"), dict) else {}
-    if isinstance(config.get("branch_fusion"), str) and config["branch_fusion"]:
-        parts.append(f"{config['branch_fusion']} branches")
     metrics = card.get("metrics") if isinstance(card.get("metrics"), dict) else {}
     val = metrics.get("val") if isinstance(metrics.get("val"), dict) else {}
     rel = val.get("relative_flops")

@@ -113,19 +113,21 @@ def show_probabilities(runs: dict, src: Source) -> None:
 def show_dynmm(dyn, toggles: Sequence[str], clip: ClipInput, model: ClipModel) -> None:
     st.subheader("DynMM: the gate's decision and the compute it saved")
     net, _ = load_model(model.name, model.trained)
-    gate_m = getattr(getattr(getattr(net, "cfg", None), "gate", None), "gate_modality", TEXT)
+    gate_ms = tuple(getattr(net, "gate_modalities", (TEXT,)))  # the always-run encoders the gate reads
+    gate_words = " and the ".join(LABEL[m].lower() for m in gate_ms)
+    gate_ok = set(gate_ms) <= set(dyn.present)
     g1, g2 = st.columns(2)
     with g1:
-        if dyn.branch is not None and gate_m in dyn.present:
+        if dyn.branch is not None and gate_ok:
             st.markdown(f"**Decision:** ran: {branch_words(dyn.branch)}")
         elif dyn.branch is not None:
-            st.markdown(f"**Decision:** none — the gate reads the {LABEL[gate_m].lower()}, which is not given; "
+            st.markdown(f"**Decision:** none — the gate reads the {gate_words}, not all given; "
                         f"ran: {branch_words(dyn.branch)} (every modality given)")
         else:
-            st.markdown(f"**Decision:** none — the gate reads the {LABEL[gate_m].lower()}, which is not given, and "
-                        f"every subset it can pick contains it: DynMM fused what was given.")
+            st.markdown(f"**Decision:** none — the gate reads the {gate_words}, not all given, and every subset "
+                        f"it can pick contains them: DynMM fused what was given.")
         st.markdown("\n".join(encoder_lines(dyn, toggles, clip)))
-        if dyn.gate_probs is not None and gate_m in dyn.present:
+        if dyn.gate_probs is not None and gate_ok:
             st.plotly_chart(gate_figure(dyn.gate_probs, dyn.branch_names, dyn.branch), key="clips_gate_chart",
                             width="stretch")
         for note in dyn.notes:
