@@ -205,7 +205,7 @@ def train_fusion(model: ClipClassifier, *, train_cache: FeatureCache, val_cache:
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         bl, _, y = branch_predictions(model, val_cache, val_pairs)
         val = {"all": scores(bl[-1].argmax(1), y)}
         if model.kind == "dynmm":

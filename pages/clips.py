@@ -182,8 +182,9 @@ def main() -> None:
         "Three frozen encoders — faces (EfficientNet-Lite0 on FER2013), speech (on RAVDESS log-mels), words "
         "(MiniLM on MELD) — feed three fusion models that name one of 7 emotions. **Static** fusion runs every "
         "encoder it is given: a concatenated-token transformer, and late fusion (a weighted average of the "
-        "encoders' own predictions). **DynMM** (Xue & Marculescu 2023) always runs the text encoder, whose gate "
-        "then picks which of the other encoders to run: the ones it skips cost nothing.")
+        "encoders' own predictions). **DynMM** (Xue & Marculescu 2023) always runs its cheap encoders (the shipped "
+        "gates: face and transcript, a fifth of a clip's FLOPs) and its gate then decides whether the expensive "
+        "speech encoder runs too: an encoder it skips costs nothing.")
     sb = st.sidebar
     sb.header("Input")
     input_box = sb.container()
