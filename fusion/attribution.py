@@ -307,18 +307,20 @@ NAMES = {RGB: "RGB", DEPTH: "depth", FACE: "the face", AUDIO: "speech", TEXT: "t
 
 
 def share_sentence(att: ModalityAttribution, label: str | None = None) -> str:
-    """A plain sentence: "depth contributed 31% of the sofa score; RGB 69%." A negative value is "lowered"."""
+    """A plain sentence: "Depth contributed 69% of the sofa score, RGB 31%." Shares are ``phi / sum |phi|``; a
+    modality with a negative value is said to have lowered the score, with its share of the total movement."""
     label = label or att.label or "predicted"
     shares = att.shares()
-    order = sorted(att.modalities, key=lambda m: -abs(att.phi[m]))
-    if not order or all(v == 0 for v in att.phi.values()):
+    if not att.modalities or all(v == 0 for v in att.phi.values()):
         return f"No modality moved the {label} score on this input."
+    up = sorted((m for m in att.modalities if att.phi[m] > 0), key=lambda m: -att.phi[m])
+    down = sorted((m for m in att.modalities if att.phi[m] < 0), key=lambda m: att.phi[m])
     parts = []
-    for i, m in enumerate(order):
-        s, name = shares[m], NAMES.get(m, m)
-        if s >= 0:
-            parts.append(f"{name} contributed {abs(s) * 100:.0f}% of the {label} score" if i == 0 else
-                         f"{name} {abs(s) * 100:.0f}%")
-        else:
-            parts.append(f"{name} lowered the {label} score ({abs(s) * 100:.0f}% of the total movement)")
-    return "; ".join(parts)[0].upper() + "; ".join(parts)[1:] + "."
+    if up:
+        first, *rest = up
+        parts.append(", ".join([f"{NAMES.get(first, first)} contributed {shares[first] * 100:.0f}% of the {label} "
+                                "score"] + [f"{NAMES.get(m, m)} {shares[m] * 100:.0f}%" for m in rest]))
+    for m in down:
+        parts.append(f"{NAMES.get(m, m)} lowered the {label} score ({-shares[m] * 100:.0f}% of the total movement)")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."

@@ -118,7 +118,10 @@ def test_dummy_modality_gets_zero_and_symmetric_ones_share():
 def test_negative_contribution_is_said_as_lowered():
     att = ModalityAttribution((RGB, DEPTH), {RGB: 0.6, DEPTH: -0.2}, {}, -1.0, -0.6, 1.0, 3, "sofa")
     s = share_sentence(att)
-    assert "RGB contributed 75% of the sofa score" in s and "depth lowered the sofa score (25%" in s
+    assert s == "RGB contributed 75% of the sofa score; depth lowered the sofa score (25% of the total movement)."
+    att3 = ModalityAttribution((FACE, AUDIO, TEXT), {FACE: 0.2, AUDIO: -0.2, TEXT: 0.6}, {}, -1.9, -1.3, 1.0, 7, "happy")
+    assert share_sentence(att3) == ("The transcript contributed 60% of the happy score, the face 20%; "
+                                    "speech lowered the happy score (20% of the total movement).")
 
 
 def test_rgbd_element_maps():
