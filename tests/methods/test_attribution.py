@@ -77,8 +77,10 @@ def test_rgbd_shapley_is_exact(name):
 def test_clip_shapley_is_exact(name):
     m = model(name)
     x = clip_inputs(m)
+    attrs = set(vars(m))
     att = modality_shapley(m, x)
     check_exact(att)
+    assert set(vars(m)) == attrs  # nothing stored on the (shared) model
     assert att.base == pytest.approx(math.log(1 / 7)) and set(att.phi) == {FACE, AUDIO, TEXT}
     # with one modality dropped, only two are attributed
     att2 = modality_shapley(m, subset_inputs(x, [FACE, TEXT]))
