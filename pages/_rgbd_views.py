@@ -115,3 +115,21 @@ def time_calls(calls: Mapping[str, Timed], rgb: np.ndarray, depth: np.ndarray | 
     spec = tuple((title, c.name, c.trained, c.depth and depth is not None, c.drop_rgb, tuple(sorted(c.opts)))
                  for title, c in calls.items())
     return _time_calls(models, spec, rgb, depth, REPEATS)
+
+
+# --------------------------------------------------------------------------- which modality drove this prediction
+
+
+def show_attribution(name: str, trained: bool, rgb: np.ndarray, depth: np.ndarray | None, names: Sequence[str], *,
+                     key: str, drop_rgb: bool = False, **opts) -> None:
+    """:func:`pages._common.show_modality_attribution` of one RGB-D model on this frame (its input at the
+    model's size, the photo underneath the region maps). ``opts``: the model's per-call settings;
+    ``drop_rgb``: the photo left out (a depth-only run; the regions are still drawn over it)."""
+    from pages._common import show_modality_attribution
+
+    model, _card = load_model(name, trained)
+    inputs = inference.to_tensors(rgb, depth, inference.model_size(rgb.shape[:2]))
+    photo = inputs.pop("rgb") if drop_rgb else inputs["rgb"]
+    picture = (photo[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
+    show_modality_attribution(model, f"{name}:{trained}", inputs, class_names=names, key=key, options=opts,
+                              image=picture, element_names={"rgb": "RGB", "depth": "depth"})

@@ -12,7 +12,7 @@ from pages._common import run_and_show, run_page, show_card_tables, task_cards
 from pages._nav import ensure_navigation_mode
 from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, depth_picture, gt_targets, prepare,
                                read_input, segment, show_input, sidebar)
-from pages._rgbd_views import draw_ground_truth, draw_map
+from pages._rgbd_views import draw_ground_truth, draw_map, show_attribution
 
 from fusion import inference, viz
 from fusion.results import robustness_from_cards, sort_adapter_cards
@@ -118,6 +118,7 @@ def main() -> None:
     else:
         st.info("Both modalities are on: no adapter is used (the adapted model *is* the static model). Switch one "
                 "off in the sidebar.")
+    show_attribution(a_name, a_trained, rgb, d_in, names, key="miss", drop_rgb=not use_rgb)
 
     st.subheader("Robustness matrix (NYUv2 test split)")
     run_and_show(robustness_section, cards, adapters, what="The robustness matrix")  # a bad card: a message

@@ -17,12 +17,12 @@ from pages._clips_views import (CONCAT, DYNMM, ClipModel, _log_mel, analyse, bra
                                 cards_for_display, chips_html, compute_rows, crop_strip, encoder_lines, full_branch,
                                 gate_figure, mel_figure, picks, pick_models, prob_figure, prob_sources, prob_table,
                                 ratio_text, word_pieces)
-from pages._common import load_model, run_and_show, run_page, show_cards
+from pages._common import load_model, run_and_show, run_page, show_cards, show_modality_attribution
 from pages._nav import ensure_navigation_mode
 
-from fusion import viz
+from fusion import inference, viz
 from fusion.data.clips import CLIP_MODALITIES, SAMPLE_RATE, ClipInput
-from fusion.data.emotion import PAIRING_NOTE
+from fusion.data.emotion import EMOTIONS, PAIRING_NOTE
 from fusion.types import AUDIO, FACE, TEXT, FusionError
 
 
@@ -159,6 +159,17 @@ def show_dynmm(dyn, toggles: Sequence[str], clip: ClipInput, model: ClipModel) -
                    "modality given, on the same input) — a noisy sample on a shared machine.")
 
 
+def show_attribution(models: Sequence[ClipModel], clip: ClipInput, key: str, toggles: Sequence[str]) -> None:
+    """Which modality drove one model's prediction on this clip (computed when switched on)."""
+    explained = st.radio("Model to explain", [m.title for m in models], horizontal=True, key="clips_attr_model")
+    model = next(m for m in models if m.title == explained)
+    net, _ = load_model(model.name, model.trained)
+    inputs = inference.clip_inputs(net, clip, toggles)
+    pieces = word_pieces(net, clip.transcript)[0] if TEXT in inputs else None
+    show_modality_attribution(net, f"{model.name}:{model.trained}:{key}", inputs, class_names=EMOTIONS, key="clips",
+                              pieces=pieces, element_names={m: LABEL[m] for m in (FACE, AUDIO, TEXT)})
+
+
 def _ms(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.1f} ms"
 
@@ -227,6 +238,7 @@ def main() -> None:
                             what="Running the models")
     if runs is not None:
         show_probabilities(runs, src)
+        run_and_show(show_attribution, models, clip, key, toggles, what="The attribution")
         show_dynmm(runs[DYNMM], toggles, clip, models[-1])
         show_compute(runs)
     show_cards(cards_for_display(models))

@@ -14,7 +14,7 @@ from pages._common import run_page, show_card_tables
 from pages._nav import ensure_navigation_mode
 from pages._rgbd_input import (checkpoint_or_untrained, class_names, gt_targets, prepare, read_input, segment,
                                show_input, sidebar)
-from pages._rgbd_views import Timed, block_off_comparison, draw_ground_truth, draw_map, time_calls
+from pages._rgbd_views import Timed, block_off_comparison, draw_ground_truth, draw_map, show_attribution, time_calls
 
 from fusion import compute, viz
 from fusion.methods.deq import SOLVERS, DEQConfig
@@ -105,6 +105,8 @@ def main() -> None:
                      f"{viz.format_flops(r.fusion_flops)} of {viz.format_flops(r.flops)} (exact); "
                      f"time {times[k].text()}.")
     st.caption("FLOPs are counted on the solve that ran and are exact. " + compute.timing_note(times))
+
+    show_attribution(name, trained, rgb, depth, names, key="deq", **solve_kw)
 
     st.subheader("Does the segmentation settle as the residual falls?")
     n_run = max(int(r.solver["nstep"]) for r in runs.values())

@@ -11,7 +11,7 @@ import streamlit as st
 from pages._common import Run, pick_model, run_page, show_card_tables, task_cards, time_metric
 from pages._nav import ensure_navigation_mode
 from pages._rgbd_input import TASK, class_names, gt_targets, prepare, read_input, segment, show_input, sidebar
-from pages._rgbd_views import Timed, change_table, draw_ground_truth, draw_map, time_calls
+from pages._rgbd_views import Timed, change_table, draw_ground_truth, draw_map, show_attribution, time_calls
 
 from fusion import compute, inference, viz
 
@@ -125,6 +125,10 @@ def main() -> None:
     if gt is not None:
         with cols[2]:
             draw_ground_truth(gt, rgb, names, opts["alpha"])
+    explained = st.radio("Model to explain", [t for t, _, _ in models], horizontal=True, key="rgbd_attr_model")
+    for title, name, trained_ok in models:
+        if title == explained:
+            show_attribution(name, trained_ok, rgb, depth, names, key="rgbd")
 
     # ---- the gate and the compute it saves: FLOPs first (exact), time second (a noisy sample)
     g1, g2 = st.columns(2)

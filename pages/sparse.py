@@ -12,7 +12,7 @@ from pages._common import run_page, show_card_tables, task_cards, time_metric
 from pages._nav import ensure_navigation_mode
 from pages._rgbd_input import (TASK, checkpoint_or_untrained, class_names, depth_picture, gt_targets, no_depth_words,
                                prepare, read_input, segment, show_input, sidebar)
-from pages._rgbd_views import Timed, block_off_comparison, change_table, draw_map, time_calls
+from pages._rgbd_views import Timed, block_off_comparison, change_table, draw_map, show_attribution, time_calls
 
 from fusion import compute, inference, viz
 from fusion.methods.sparse import POOL_MODES, SparseConfig
@@ -164,6 +164,7 @@ def main() -> None:
         st.markdown(f"**Where they differ**: {changed.mean() * 100:.1f}% of pixels")
         st.image(viz.change_image(rgb, changed), width="stretch", caption="magenta = label differs")
         change_table(sp.labels, dn.labels, names, before_col="sparse", after_col="dense")
+    show_attribution(name, trained, rgb, d_in, names, key="sft", **sp_opts)
     if off is not None:
         st.subheader("Block switched off: what the token fusion contributes")
         st.caption("The same model on the same input with the token-fusion block's output zeroed: the stride-16 "

@@ -336,3 +336,15 @@ def test_digest_follows_what_the_models_read():
     b = ClipInput(face_crops=np.zeros((1, 48, 48), np.uint8), audio=tone(0.5), transcript="hi", notes=["x"])
     c = ClipInput(face_crops=np.zeros((1, 48, 48), np.uint8), audio=tone(0.5), transcript="hello")
     assert clips_input.digest(a) == clips_input.digest(b) != clips_input.digest(c)
+
+
+def test_attribution_on_an_uploaded_clip(app_cwd, no_emotion_data, media):
+    at = _upload(_clips_page(), video=("talk.mp4", media["mp4"], "video/mp4"), typed=TRANSCRIPT)
+    _clean(at)
+    at.radio(key="clips_attr_model").set_value(views.LATE)
+    at.toggle(key="clips_attr_on").set_value(True).run()
+    _clean(at)
+    text = page_texts(at)
+    assert "contributed" in text and "% of the " in text  # the plain sentence
+    assert "forwards" in text  # the measured cost
+    assert at.selectbox(key="clips_attr_class").value in range(len(EMOTIONS))

@@ -188,3 +188,16 @@ def test_sidebar_labels_and_choices_fit(app_cwd, no_data_env, path, prefix):
     for box in at.sidebar.selectbox:
         for option in box.options:
             assert len(option) <= 28, (box.label, option)
+
+
+@pytest.mark.parametrize("path,prefix", [("pages/sparse.py", "sft"), ("pages/deq.py", "deq"),
+                                         ("pages/adapters.py", "miss")])
+def test_attribution_on_demand(app_cwd, no_data_env, path, prefix):
+    at = upload_rgbd(_page(path), prefix)
+    _assert_clean(at)
+    assert "Which modality drove this prediction?" in [t.label for t in at.toggle]
+    assert "contributed" not in _texts(at)  # computed only when asked for
+    at.toggle(key=f"{prefix}_attr_on").set_value(True).run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "contributed" in text and "% of the " in text and "forwards" in text

@@ -334,3 +334,23 @@ def test_rgbd_budget_picker_with_checkpoints(app_cwd, no_data_env, monkeypatch, 
     assert "Decision:" in _texts(at)
     assert {"static_rgbd", "dynmm_rgbd_b1", "dynmm_rgbd_b2"} <= set(loaded)
     assert not {"depth_only_rgbd", "a_rgb_only"} & set(loaded)  # a single-modality baseline is not "static fusion"
+
+
+def test_rgbd_attribution_shows_the_sentence(app_cwd, no_data_env):
+    rgb, depth8 = synthetic_rgbd()
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(depth8)), units="u8_nyu")
+    _assert_clean(at)
+    assert "Which modality drove this prediction?" in [t.label for t in at.toggle]
+    n_charts = len(at.get("plotly_chart"))
+    at.radio(key="rgbd_attr_model").set_value("Static fusion")
+    at.toggle(key="rgbd_attr_on").set_value(True).run()
+    _assert_clean(at)
+    text = _texts(at)
+    assert "contributed" in text and "% of the " in text and " score" in text  # the plain sentence
+    assert "forwards" in text and "Exact Shapley values" in text  # the measured cost
+    assert len(at.get("plotly_chart")) >= n_charts + 3  # Shapley bars + a region map per modality
+    # another class of the prediction: explained without an error
+    options = at.selectbox(key="rgbd_attr_class").options
+    if len(options) > 1:
+        at.selectbox(key="rgbd_attr_class").select_index(1).run()
+        _assert_clean(at)

@@ -1,0 +1,326 @@
+"""Which modality drove this prediction? Exact per-modality Shapley values and per-element attribution, with
+captum's perturbation methods (no gradients: a DynMM model's skipped branches carry none, and perturbing the
+inputs works the same for every model of both tasks).
+
+**The score.** Attribution explains one scalar of one input (batch of one): the *log-probability* of a class.
+Clips: ``log p(emotion)`` (:func:`clip_score`); RGB-D: the mean, over a pixel mask, of ``log p(class)`` per pixel
+(:func:`rgbd_score`; default mask: the pixels the full prediction labels with that class).
+
+**The empty subset.** With no modality the model cannot run. Its score is defined as the score of a *uniform
+prediction*: ``log(1/C)`` (C classes), for both tasks. So the Shapley values of the present modalities sum to
+``score(all present) - log(1/C)`` (efficiency), how far the evidence moved the class's log-probability away
+from knowing nothing. A non-empty subset the model refuses (a :class:`FusionError`, e.g. DynMM RGB-D without
+the photo) is scored the same way — no prediction, so no evidence — and listed in ``refused``.
+
+**Exact.** :func:`modality_shapley` gives captum's :class:`~captum.attr.ShapleyValues` a ``(1, M)`` presence
+vector (1 = the modality is given, baseline 0 = absent, i.e. left out of the inputs dict); captum walks all M!
+orderings, which is exact. Each of the 2^M subsets is evaluated once (memoised), so M = 3 costs 7 forwards.
+
+**Shares** (:func:`share_sentence`): ``phi_m / sum_k |phi_k|`` — a modality's share of all the movement; a
+negative value is said as "lowered", never folded into a positive percentage.
+
+**Per element** (:func:`element_attribution`): captum's :class:`~captum.attr.FeatureAblation` over a ``(1, N)``
+keep vector, one entry per element (RGB-D: a cell of a grid over the image or the depth map; clips: a face
+crop, an audio window, a word piece). Ablating an element = RGB cell -> the image's mean colour, depth cell -> 0
+(what the models see for missing depth), face crop / audio window -> masked out, word piece -> ``[PAD]`` and
+masked out. The value is ``score(all) - score(element ablated)``: positive = the element supported the class.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from fusion.types import AUDIO, DEPTH, FACE, MODALITIES, RGB, TEXT, FusionError, FusionOutput
+
+Score = Callable[[FusionOutput], torch.Tensor]  # output of a batch of one -> scalar tensor
+AUDIO_FRAMES_PER_S = 100  # 10 ms hop
+MASK_OF = {FACE: "face_mask", AUDIO: "audio_mask", TEXT: "text_mask"}
+
+
+# --------------------------------------------------------------------------- scores
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """A scalar score of a model output and its value with no modality (a uniform prediction: log(1/C))."""
+
+    fn: Score
+    empty: float
+    label: str  # what it scores, e.g. "sofa" or "happy"
+
+
+def clip_score(out_or_classes: int, cls: int, label: str = "") -> ScoreSpec:
+    """``log p(cls)`` of a clip model's (1, C) output; ``out_or_classes``: C."""
+    n = int(out_or_classes)
+    if not 0 <= int(cls) < n:
+        raise FusionError(f"unknown class {cls}: the model has {n} classes")
+
+    def fn(out: FusionOutput) -> torch.Tensor:
+        return torch.log_softmax(out.logits.float(), 1)[0, int(cls)]
+
+    return ScoreSpec(fn, math.log(1.0 / n), label or str(cls))
+
+
+def rgbd_score(num_classes: int, cls: int, mask: torch.Tensor | np.ndarray, label: str = "") -> ScoreSpec:
+    """Mean over ``mask`` (H, W) bool at the model's input size of ``log p(cls)`` per pixel."""
+    n = int(num_classes)
+    if not 0 <= int(cls) < n:
+        raise FusionError(f"unknown class {cls}: the model has {n} classes")
+    m = torch.as_tensor(np.asarray(mask)).bool()
+    if m.dim() != 2 or not bool(m.any()):
+        raise FusionError("the class mask must be a non-empty (H, W) boolean map")
+
+    def fn(out: FusionOutput) -> torch.Tensor:
+        lp = torch.log_softmax(out.logits.float(), 1)[0, int(cls)]
+        if lp.shape != m.shape:
+            raise FusionError(f"class mask {tuple(m.shape)} does not match the prediction {tuple(lp.shape)}")
+        return lp[m].mean()
+
+    return ScoreSpec(fn, math.log(1.0 / n), label or str(cls))
+
+
+def _check(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
+    if not isinstance(inputs, Mapping):
+        raise FusionError("inputs must be a dict of modality -> tensor")
+    present = tuple(m for m in MODALITIES if inputs.get(m) is not None)
+    if not present:
+        raise FusionError("no modality is present: nothing to attribute")
+    if int(inputs[present[0]].shape[0]) != 1:
+        raise FusionError("attribution explains one input: give a batch of one")
+    return present
+
+
+@torch.no_grad()
+def default_score(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], cls: int | None = None,
+                  label: str = "", **options: object) -> ScoreSpec:
+    """The score of the shown prediction. Clips: ``log p(cls)`` (default: the predicted emotion). RGB-D: mean
+    ``log p(cls)`` over the pixels the full prediction labels ``cls`` (default: the most frequent label); all
+    pixels when none is labelled ``cls``."""
+    _check(model, inputs)
+    out = model(dict(inputs), **options)
+    lg = out.logits
+    n = int(lg.shape[1])
+    if lg.dim() == 2:
+        c = int(lg.argmax(1)[0]) if cls is None else int(cls)
+        return clip_score(n, c, label)
+    labels = lg.argmax(1)[0]
+    c = int(torch.bincount(labels.flatten(), minlength=n).argmax()) if cls is None else int(cls)
+    if not 0 <= c < n:
+        raise FusionError(f"unknown class {c}: the model has {n} classes")
+    mask = labels == c
+    if not bool(mask.any()):
+        mask = torch.ones_like(mask)
+    return rgbd_score(n, c, mask, label)
+
+
+# --------------------------------------------------------------------------- per-modality Shapley values
+
+
+@dataclass
+class ModalityAttribution:
+    """Exact Shapley values of the present modalities for one score of one input."""
+
+    modalities: tuple[str, ...]
+    phi: dict[str, float]  # Shapley value of each present modality (sums to full - base)
+    subsets: dict[tuple[str, ...], float]  # score of every subset (the empty one = base)
+    base: float  # score with no modality: a uniform prediction, log(1/C)
+    full: float  # score with every present modality
+    ms: float  # wall time of the whole attribution
+    forwards: int  # model forwards run
+    label: str = ""
+    refused: list[tuple[str, ...]] = field(default_factory=list)  # subsets the model cannot run: scored as empty
+
+    def shares(self) -> dict[str, float]:
+        """``phi_m / sum |phi|`` (signed; 0 when nothing moved)."""
+        tot = sum(abs(v) for v in self.phi.values())
+        return {m: (v / tot if tot > 0 else 0.0) for m, v in self.phi.items()}
+
+
+def subset_inputs(inputs: Mapping[str, torch.Tensor], keep: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``inputs`` with only the modalities in ``keep`` (a dropped modality's ``_mask`` dropped too)."""
+    drop = {m for m in MODALITIES if inputs.get(m) is not None} - set(keep)
+    return {k: v for k, v in inputs.items() if k not in drop and k.removesuffix("_mask") not in drop}
+
+
+def modality_shapley(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], score: ScoreSpec | None = None,
+                     **options: object) -> ModalityAttribution:
+    """Exact Shapley values of the present modalities of ``inputs`` (a batch of one) for ``score`` (default:
+    :func:`default_score`). ``options``: the model's per-call settings. Only inputs are perturbed: no gradients."""
+    from captum.attr import ShapleyValues
+
+    present = _check(model, inputs)
+    t0 = time.perf_counter()
+    score = score or default_score(model, inputs, **options)
+    cache: dict[tuple[str, ...], float] = {(): float(score.empty)}
+    refused: list[tuple[str, ...]] = []
+
+    def value(keep: tuple[str, ...]) -> float:
+        if keep not in cache:
+            try:
+                with torch.no_grad():
+                    cache[keep] = float(score.fn(model(subset_inputs(inputs, keep), **options)))
+            except FusionError:  # a subset this model cannot run on (e.g. DynMM RGB-D needs the photo)
+                if keep == present:
+                    raise
+                cache[keep] = float(score.empty)
+                refused.append(keep)
+        return cache[keep]
+
+    def forward(mask: torch.Tensor) -> torch.Tensor:  # (B, M) presence -> (B,) scores
+        return torch.tensor([value(tuple(m for m, on in zip(present, row) if float(on) > 0.5)) for row in mask],
+                            dtype=torch.float64)
+
+    ones = torch.ones(1, len(present), dtype=torch.float64)
+    phi = ShapleyValues(forward).attribute(ones, baselines=0.0)[0]
+    for r in range(len(present) + 1):  # every subset, also those captum's orderings already covered
+        for keep in _subsets(present, r):
+            value(keep)
+    ms = (time.perf_counter() - t0) * 1e3
+    full = cache[present]
+    return ModalityAttribution(present, {m: float(p) for m, p in zip(present, phi)}, dict(cache), float(score.empty),
+                               full, ms, len(cache) - 1 - len(refused), score.label, refused)
+
+
+def _subsets(items: tuple[str, ...], r: int) -> list[tuple[str, ...]]:
+    from itertools import combinations
+
+    return [tuple(c) for c in combinations(items, r)]
+
+
+# --------------------------------------------------------------------------- per-element attribution
+
+
+@dataclass
+class ElementAttribution:
+    """Per-element attribution within one modality: ``values[i]`` = score(all) - score(element i ablated)."""
+
+    modality: str
+    values: np.ndarray  # RGB-D: (rows, cols) grid; clips: (N,)
+    labels: list[str] = field(default_factory=list)  # clips: each element's name (time, word piece)
+    ms: float = 0.0
+    forwards: int = 0  # model forwards (the full input once, then one per element)
+
+
+def _grid_groups(h: int, w: int, rows: int, cols: int) -> torch.Tensor:
+    """(H, W) cell index of a rows x cols grid."""
+    r = torch.clamp(torch.arange(h) * rows // h, max=rows - 1)
+    c = torch.clamp(torch.arange(w) * cols // w, max=cols - 1)
+    return r[:, None] * cols + c[None, :]
+
+
+def _elements(inputs: Mapping[str, torch.Tensor], modality: str, grid: tuple[int, int], window_s: float,
+              pieces: Sequence[str] | None) -> tuple[int, Callable[[torch.Tensor], dict[str, torch.Tensor] | None],
+                                                     list[str], tuple[int, ...]]:
+    """(N, build(keep (N,) bool) -> inputs or None when the modality is all ablated, labels, values shape)."""
+    x = inputs[modality]
+    if modality in (RGB, DEPTH):
+        rows, cols = grid
+        h, w = x.shape[-2:]
+        cells = _grid_groups(h, w, rows, cols)
+        fill = x.mean(dim=(-2, -1), keepdim=True) if modality == RGB else torch.zeros_like(x[..., :1, :1])
+
+        def build(keep: torch.Tensor) -> dict[str, torch.Tensor] | None:
+            on = keep[cells][None, None]  # (1, 1, H, W)
+            return {**inputs, modality: torch.where(on, x, fill.expand_as(x))}
+
+        return rows * cols, build, [], (rows, cols)
+    mask = inputs.get(MASK_OF[modality])
+    length = x.shape[1] if modality != AUDIO else x.shape[2]
+    mask = torch.ones(1, length, dtype=torch.bool) if mask is None else mask.bool()
+    if modality == AUDIO:
+        step = max(1, int(round(window_s * AUDIO_FRAMES_PER_S)))
+        group = torch.arange(length) // step
+        n = int(group.max()) + 1
+        labels = [f"{i * step / AUDIO_FRAMES_PER_S:.2f} s" for i in range(n)]
+        real = list(range(n))
+    else:
+        group = torch.arange(length)
+        real = [i for i in range(length) if bool(mask[0, i])]
+        if modality == TEXT and len(real) > 2:
+            real = real[1:-1]  # [CLS] and [SEP] are not words
+        n = len(real)
+        pos = torch.full((length,), -1, dtype=torch.long)
+        pos[torch.tensor(real, dtype=torch.long)] = torch.arange(n)
+        group = pos
+        if modality == FACE:
+            labels = [f"crop {i + 1}" for i in range(n)]
+        else:
+            labels = [str(pieces[i]) if pieces is not None and i < len(pieces) else f"token {i}" for i in real]
+
+    def build(keep: torch.Tensor) -> dict[str, torch.Tensor] | None:
+        kept_pos = torch.where(group >= 0, keep[group.clamp(min=0)], torch.ones_like(group, dtype=torch.bool))
+        m = mask & kept_pos[None]
+        if not bool(m.any()):
+            return None
+        out = {**inputs, MASK_OF[modality]: m}
+        if modality == TEXT:
+            out[TEXT] = torch.where(m, x, torch.zeros_like(x))  # [PAD] = 0 in MiniLM's vocabulary
+        return out
+
+    return n, build, labels, (n,)
+
+
+def element_attribution(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], modality: str,
+                        score: ScoreSpec | None = None, *, grid: tuple[int, int] = (8, 8), window_s: float = 0.25,
+                        pieces: Sequence[str] | None = None, **options: object) -> ElementAttribution:
+    """captum :class:`~captum.attr.FeatureAblation` of the elements of ``modality`` (see the module text).
+    ``grid``: RGB-D cells (rows, cols); ``window_s``: audio window; ``pieces``: the word pieces, for labels."""
+    from captum.attr import FeatureAblation
+
+    present = _check(model, inputs)
+    if modality not in present:
+        raise FusionError(f"{modality!r} is not present: present are {', '.join(present)}")
+    t0 = time.perf_counter()
+    score = score or default_score(model, inputs, **options)
+    n, build, labels, shape = _elements(inputs, modality, grid, window_s, pieces)
+    if n == 0:
+        raise FusionError(f"{modality!r} has no element to attribute")
+    count = [0]
+
+    def forward(keep: torch.Tensor) -> torch.Tensor:  # (B, N) keep -> (B,) scores
+        vals = []
+        for row in keep:
+            x = build(row > 0.5)
+            if x is None:
+                x = subset_inputs(inputs, [m for m in present if m != modality])
+            if not any(x.get(m) is not None for m in MODALITIES):
+                vals.append(float(score.empty))
+                continue
+            with torch.no_grad():
+                vals.append(float(score.fn(model(x, **options))))
+            count[0] += 1
+        return torch.tensor(vals, dtype=torch.float64)
+
+    attr = FeatureAblation(forward).attribute(torch.ones(1, n, dtype=torch.float64), baselines=0.0)[0]
+    return ElementAttribution(modality, attr.numpy().reshape(shape), labels, (time.perf_counter() - t0) * 1e3,
+                              count[0])
+
+
+# --------------------------------------------------------------------------- words
+
+NAMES = {RGB: "RGB", DEPTH: "depth", FACE: "the face", AUDIO: "speech", TEXT: "the transcript"}
+
+
+def share_sentence(att: ModalityAttribution, label: str | None = None) -> str:
+    """A plain sentence: "Depth contributed 69% of the sofa score, RGB 31%." Shares are ``phi / sum |phi|``; a
+    modality with a negative value is said to have lowered the score, with its share of the total movement."""
+    label = label or att.label or "predicted"
+    shares = att.shares()
+    if not att.modalities or all(v == 0 for v in att.phi.values()):
+        return f"No modality moved the {label} score on this input."
+    up = sorted((m for m in att.modalities if att.phi[m] > 0), key=lambda m: -att.phi[m])
+    down = sorted((m for m in att.modalities if att.phi[m] < 0), key=lambda m: att.phi[m])
+    parts = []
+    if up:
+        first, *rest = up
+        parts.append(", ".join([f"{NAMES.get(first, first)} contributed {shares[first] * 100:.0f}% of the {label} "
+                                "score"] + [f"{NAMES.get(m, m)} {shares[m] * 100:.0f}%" for m in rest]))
+    for m in down:
+        parts.append(f"{NAMES.get(m, m)} lowered the {label} score ({-shares[m] * 100:.0f}% of the total movement)")
+    text = "; ".join(parts)
+    return text[0].upper() + text[1:] + "."

@@ -1,0 +1,166 @@
+"""Per-modality Shapley values and per-element attribution (fusion.attribution) on tiny untrained models of both
+tasks: exact (efficiency, brute-force permutations), a dummy modality gets 0, shapes, the sentence, errors."""
+from __future__ import annotations
+
+import itertools
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from fusion.attribution import (ModalityAttribution, clip_score, default_score, element_attribution,
+                                modality_shapley, rgbd_score, share_sentence, subset_inputs)
+from fusion.core import FusionModel
+from fusion.registry import create
+from fusion.types import AUDIO, DEPTH, FACE, RGB, TEXT, FusionError, FusionOutput
+
+torch.set_num_threads(1)
+_CACHE: dict[str, torch.nn.Module] = {}
+
+
+def model(name: str) -> torch.nn.Module:
+    if name not in _CACHE:
+        torch.manual_seed(0)
+        m = create(name, pretrained=False) if name.endswith("rgbd") else create(name, encoders=False)
+        _CACHE[name] = m.eval()
+    return _CACHE[name]
+
+
+def rgbd_inputs() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return {RGB: torch.rand(1, 3, 64, 96, generator=g), DEPTH: torch.rand(1, 1, 64, 96, generator=g) * 4 + 0.5}
+
+
+def clip_inputs(m) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    ids, mask = m.encoders[TEXT].tokenize(["I am so happy"])
+    return {FACE: torch.rand(1, 3, 1, 48, 48, generator=g), "face_mask": torch.ones(1, 3, dtype=torch.bool),
+            AUDIO: torch.randn(1, 64, 60, generator=g) * 15 - 45, "audio_mask": torch.ones(1, 60, dtype=torch.bool),
+            TEXT: ids, "text_mask": mask}
+
+
+def brute_force(att: ModalityAttribution) -> dict[str, float]:
+    """Shapley by definition: mean over all orderings of each modality's marginal contribution."""
+    ms = att.modalities
+    phi = {m: 0.0 for m in ms}
+    perms = list(itertools.permutations(ms))
+    for order in perms:
+        before: list[str] = []
+        for m in order:
+            key = lambda s: tuple(x for x in ms if x in s)  # noqa: E731
+            phi[m] += att.subsets[key(before + [m])] - att.subsets[key(before)]
+            before.append(m)
+    return {m: v / len(perms) for m, v in phi.items()}
+
+
+def check_exact(att: ModalityAttribution) -> None:
+    assert sum(att.phi.values()) == pytest.approx(att.full - att.base, abs=1e-5)  # efficiency
+    assert len(att.subsets) == 2 ** len(att.modalities) and att.forwards == 2 ** len(att.modalities) - 1 - len(att.refused)
+    for m, v in brute_force(att).items():
+        assert att.phi[m] == pytest.approx(v, abs=1e-6)
+    assert att.ms > 0
+
+
+@pytest.mark.parametrize("name", ["static_rgbd", "dynmm_rgbd"])
+def test_rgbd_shapley_is_exact(name):
+    m, x = model(name), rgbd_inputs()
+    att = modality_shapley(m, x)
+    check_exact(att)
+    assert att.base == pytest.approx(math.log(1 / m(x).logits.shape[1]))
+    assert set(att.phi) == {RGB, DEPTH}
+    s = share_sentence(att, "sofa")
+    assert "sofa score" in s and ("depth" in s.lower() or "rgb" in s.lower())
+
+
+@pytest.mark.parametrize("name", ["late_clips", "dynmm_clips"])
+def test_clip_shapley_is_exact(name):
+    m = model(name)
+    x = clip_inputs(m)
+    attrs = set(vars(m))
+    att = modality_shapley(m, x)
+    check_exact(att)
+    assert set(vars(m)) == attrs  # nothing stored on the (shared) model
+    assert att.base == pytest.approx(math.log(1 / 7)) and set(att.phi) == {FACE, AUDIO, TEXT}
+    # with one modality dropped, only two are attributed
+    att2 = modality_shapley(m, subset_inputs(x, [FACE, TEXT]))
+    check_exact(att2)
+    assert set(att2.phi) == {FACE, TEXT}
+
+
+class Toy(FusionModel):
+    """Two 'modalities' a and b; only rgb moves the output, depth is ignored (a dummy)."""
+
+    task = "rgbd_seg"
+
+    def check_inputs(self, inputs):
+        present = tuple(m for m in (RGB, DEPTH) if m in inputs)
+        if not present:
+            raise FusionError("nothing")
+        return present
+
+    def run(self, inputs, present, opts, *, counting):
+        lg = torch.zeros(1, 3, 2, 2)
+        if RGB in inputs:
+            lg[:, 0] += inputs[RGB].mean() * 4
+        return FusionOutput(logits=lg, present=present), None
+
+
+def test_dummy_modality_gets_zero_and_symmetric_ones_share():
+    x = {RGB: torch.ones(1, 3, 2, 2), DEPTH: torch.ones(1, 1, 2, 2)}
+    score = rgbd_score(3, 0, torch.ones(2, 2, dtype=torch.bool), "wall")
+    att = modality_shapley(Toy(), x, score)
+    check_exact(att)
+    # depth alone = uniform prediction = the empty value, and it adds nothing to rgb: phi = 0 (dummy)
+    assert att.phi[DEPTH] == pytest.approx(0.0, abs=1e-7) and att.phi[RGB] > 0
+    assert att.shares()[RGB] == pytest.approx(1.0)
+    assert share_sentence(att).startswith("RGB contributed 100% of the wall score")
+
+
+def test_negative_contribution_is_said_as_lowered():
+    att = ModalityAttribution((RGB, DEPTH), {RGB: 0.6, DEPTH: -0.2}, {}, -1.0, -0.6, 1.0, 3, "sofa")
+    s = share_sentence(att)
+    assert s == "RGB contributed 75% of the sofa score; depth lowered the sofa score (25% of the total movement)."
+    att3 = ModalityAttribution((FACE, AUDIO, TEXT), {FACE: 0.2, AUDIO: -0.2, TEXT: 0.6}, {}, -1.9, -1.3, 1.0, 7, "happy")
+    assert share_sentence(att3) == ("The transcript contributed 60% of the happy score, the face 20%; "
+                                    "speech lowered the happy score (20% of the total movement).")
+
+
+def test_rgbd_element_maps():
+    m, x = model("static_rgbd"), rgbd_inputs()
+    score = default_score(m, x)
+    for mod in (RGB, DEPTH):
+        e = element_attribution(m, x, mod, score, grid=(2, 3))
+        assert e.values.shape == (2, 3) and np.isfinite(e.values).all() and e.forwards == 7  # the full input, then one per cell
+
+
+def test_clip_element_bars():
+    m = model("late_clips")
+    x = clip_inputs(m)
+    score = default_score(m, x)
+    f = element_attribution(m, x, FACE, score)
+    a = element_attribution(m, x, AUDIO, score, window_s=0.25)
+    t = element_attribution(m, x, TEXT, score)
+    assert f.values.shape == (3,) and a.values.shape == (3,) and len(a.labels) == 3  # 60 frames / 25
+    n_words = int(x["text_mask"].sum()) - 2  # [CLS] and [SEP] left out
+    assert t.values.shape == (n_words,) and len(t.labels) == n_words
+    # one face crop only: ablating it drops the face, which is still a finite score
+    one = dict(x, **{FACE: x[FACE][:, :1], "face_mask": x["face_mask"][:, :1]})
+    assert np.isfinite(element_attribution(m, one, FACE, score).values).all()
+
+
+def test_errors():
+    m = model("late_clips")
+    x = clip_inputs(m)
+    with pytest.raises(FusionError):
+        modality_shapley(m, {})
+    with pytest.raises(FusionError):
+        clip_score(7, 9)
+    with pytest.raises(FusionError):
+        default_score(m, x, cls=12)
+    with pytest.raises(FusionError):
+        element_attribution(m, subset_inputs(x, [TEXT]), FACE)
+    with pytest.raises(FusionError):
+        rgbd_score(3, 0, np.zeros((2, 2), bool))
+    with pytest.raises(FusionError):
+        default_score(model("static_rgbd"), rgbd_inputs(), cls=99)
