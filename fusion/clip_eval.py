@@ -23,10 +23,10 @@ import torch
 
 from fusion.checkpoints import ASSETS, list_cards, load_checkpoint
 from fusion.clip_train import pairing, scores
-from fusion.data.emotion import NUM_EMOTIONS, PAIRING_NOTE, log_mel
-from fusion.models.clips import CLIP_MODALITIES, ClipClassifier
+from fusion.data.emotion import PAIRING_NOTE, log_mel
+from fusion.models.clips import CLIP_MODALITIES
 from fusion.tasks import clips_inputs
-from fusion.types import AUDIO, FACE, TEXT, FusionError
+from fusion.types import TEXT, FusionError
 
 SUBSETS: tuple[tuple[str, ...], ...] = tuple(
     s for r in (1, 2, 3) for s in itertools.combinations(CLIP_MODALITIES, r))
@@ -56,7 +56,10 @@ def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit
     res: dict[str, Any] = {"split": split, "samples": n, "pairing_note": PAIRING_NOTE, "models": {}}
     per: dict[str, dict[str, list]] = {nm: {"pred": [], "flops": [], "ms": [], "branch": [], "ran": [],
                                             "subsets": {_subset_name(s): [] for s in SUBSETS}} for nm in names}
-    fixed: dict[str, dict[str, list]] = {}
+    # every fixed branch is scored once, on the first DynMM model (the branch network is shared by the budgets)
+    fixed_by = next((nm for nm, (m, _) in models.items() if m.kind == "dynmm"), None)
+    fixed: dict[str, dict[str, list]] = {} if fixed_by is None else {
+        _subset_name(b): {"pred": [], "flops": []} for b in models[fixed_by][0].branches}
     alone: dict[str, list[int]] = {m: [] for m in CLIP_MODALITIES}
     labels: list[int] = []
     any_model = next(iter(models.values()))[0]
@@ -84,10 +87,7 @@ def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit
             p["ms"].append(1000 * (time.perf_counter() - t1))
             for s in SUBSETS:
                 p["subsets"][_subset_name(s)].append(int(model.fuse({m: enc[m] for m in s}).argmax(1)))
-            if model.kind == "dynmm" and not fixed:  # every fixed branch, once (the branch network is shared)
-                fixed = {_subset_name(b): {"pred": [], "flops": []} for b in model.branches}
-                fixed["_model"] = nm  # type: ignore[assignment]
-            if model.kind == "dynmm" and fixed.get("_model") == nm:
+            if nm == fixed_by:
                 for k, b in enumerate(model.branches):
                     o = model(inputs, count_flops=True, force_branch=k)
                     fixed[_subset_name(b)]["pred"].append(int(o.labels[0]))
@@ -109,7 +109,6 @@ def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit
             row["encoders_run"] = {m: round(sum(m in r for r in p["ran"]) / len(p["ran"]), 3) for m in CLIP_MODALITIES}
         res["models"][nm] = row
     if fixed:
-        fixed.pop("_model")
         res["fixed_branches"] = {b: {**scores(torch.tensor(v["pred"]), y),
                                      "gflops": round(float(np.mean(v["flops"])) / 1e9, 4)} for b, v in fixed.items()}
         branch_names = list(fixed)

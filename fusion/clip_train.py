@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import shlex
 import sys
 import time
@@ -30,7 +29,7 @@ from fusion.data.emotion import EMOTIONS, FER2013, MELD, NUM_EMOTIONS, PAIRING_N
 from fusion.encoders.audio import pad_spectrograms
 from fusion.encoders.common import EncoderOutput, masked_mean
 from fusion.methods.dynmm import routing_target_loss
-from fusion.models.clips import CLIP_MODALITIES, ENCODER_CHECKPOINTS, ClipClassifier
+from fusion.models.clips import ENCODER_CHECKPOINTS, ClipClassifier
 from fusion.registry import create
 from fusion.types import AUDIO, FACE, TEXT, FusionError
 
@@ -250,7 +249,7 @@ def train_gate(model: ClipClassifier, *, train_cache: FeatureCache, root: str | 
     return {"resource_weight": resource_weight, "epochs": epochs, "seconds": round(time.time() - t0, 1)}
 
 
-def reference_clip(model: ClipClassifier, cache: FeatureCache | None = None) -> dict[str, torch.Tensor]:
+def reference_clip(model: ClipClassifier) -> dict[str, torch.Tensor]:
     """The clip the branch costs are measured on: one face crop, 2.39 s of speech (the median RAVDESS clip) and
     an utterance of 12 word pieces (the median MELD train utterance)."""
     ids, mask = model.encoders[TEXT].tokenize(["oh my god , i can not believe you did that"])

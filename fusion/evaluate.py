@@ -30,7 +30,6 @@ from fusion.checkpoints import ASSETS, card_path, list_cards, load_checkpoint, r
 from fusion.data.nyuv2 import NYUv2, find_root
 from fusion.metrics import ConfusionMatrix
 from fusion.results import adapter_row, base_row, dedicated_row, robustness_from_cards
-from fusion.results import ADAPTER_KINDS, sort_adapter_cards  # noqa: F401 (moved there; re-exported)
 from fusion.types import DEPTH, RGB
 
 

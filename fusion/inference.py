@@ -248,6 +248,15 @@ def clip_inputs(model: Any, clip: Any, modalities: Iterable[str] | None = None) 
                         tokenizer=model.encoders[TEXT].tokenize)
 
 
+def clip_probabilities(out: Any) -> tuple[list[float], dict[str, list[float]]]:
+    """The first clip of a clip model's output as per-emotion probabilities: fused, and each encoder's own head
+    (for the encoders that ran on it)."""
+    probs = torch.softmax(out.logits[0].float(), 0).tolist()
+    per = {m: torch.softmax(lg[0].float(), 0).tolist() for m, lg in out.modality_logits.items()
+           if bool(torch.isfinite(lg[0]).all())}
+    return probs, per
+
+
 @torch.no_grad()
 def analyse_clip(model: Any, inputs: Mapping[str, torch.Tensor], *, repeats: int = 3,
                  compare_full: bool = True) -> ClipResult:
@@ -271,11 +280,9 @@ def analyse_clip(model: Any, inputs: Mapping[str, torch.Tensor], *, repeats: int
         if full_k is not None:
             full_flops = float(model(inputs, count_flops=True, force_branch=full_k).flops[0])
             full_ms = times["full"].median_ms
-    probs = torch.softmax(out.logits[0].float(), 0)
-    per = {m: torch.softmax(lg[0].float(), 0).tolist() for m, lg in out.modality_logits.items()
-           if bool(torch.isfinite(lg[0]).all())}
+    probs, per = clip_probabilities(out)
     gate = out.gate
-    return ClipResult(probs=probs.tolist(), label=EMOTIONS[int(probs.argmax())], per_modality=per,
+    return ClipResult(probs=probs, label=EMOTIONS[max(range(len(probs)), key=probs.__getitem__)], per_modality=per,
                       present=out.present, ran=out.ran, flops=float(out.flops[0]), ms=ms,
                       gate_probs=None if gate is None else gate.probs[0].tolist(),
                       branch=None if gate is None else gate.names[int(gate.branch[0])],

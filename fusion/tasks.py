@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 import torch
 
-from fusion.inference import clips_inputs  # noqa: F401 (re-exported: defined where the pages can reach it)
+from fusion.inference import clip_probabilities, clips_inputs  # clips_inputs re-exported: defined where pages reach it
 from fusion.types import AUDIO, DEPTH, FACE, RGB, TEXT, FusionError, FusionOutput
 
 
@@ -90,9 +90,7 @@ def _clip_labels() -> list[str]:
 
 
 def _clip_decode(out: FusionOutput) -> dict[str, Any]:
-    probs = torch.softmax(out.logits[0].float(), 0).tolist()
-    per = {m: torch.softmax(lg[0].float(), 0).tolist() for m, lg in out.modality_logits.items()
-           if bool(torch.isfinite(lg[0]).all())}
+    probs, per = clip_probabilities(out)
     return {"probs": probs, "label": int(out.labels[0]), "per_modality": per, "ran": out.ran,
             "branch": None if out.branch is None else int(out.branch[0]), "notes": out.notes}
 

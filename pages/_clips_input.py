@@ -17,7 +17,7 @@ import numpy as np
 import streamlit as st
 
 from fusion.data import clips as clipdata
-from fusion.data.clips import CLIP_MODALITIES, ClipInput
+from fusion.data.clips import ClipInput
 from fusion.types import AUDIO, FACE, TEXT, FusionError
 
 VIDEO_TYPES = ["mp4", "webm", "mov", "mkv"]
@@ -55,12 +55,6 @@ def digest(clip: ClipInput) -> str:
     h.update(b"text")
     h.update(b"\x00" if clip.transcript is None else clip.transcript.encode("utf-8"))
     return h.hexdigest()
-
-
-def nothing_usable(clip: ClipInput) -> FusionError:
-    """The error :func:`fusion.data.clips.load_clip` raises when no modality can be used, for hand-built clips."""
-    reasons = "; ".join(f"{clipdata.MODALITY_LABEL[m]}: {clip.problems[m]}" for m in CLIP_MODALITIES)
-    return FusionError(f"nothing in this clip can be used. {reasons}")
 
 
 # --------------------------------------------------------------------------- decoding (cache_data)
@@ -128,18 +122,8 @@ def decode_live(photo: bytes | None, recording: bytes | None, text: str | None) 
                 clip.problems[AUDIO] = sound.problem
             else:
                 clip.audio, clip.audio_source = sound.waveform, "the recording"
-    if text is None:
-        clip.problems[TEXT] = "no transcript was typed"
-    else:
-        try:
-            words = clipdata.read_transcript(text)
-        except FusionError as e:
-            clip.problems[TEXT] = str(e)
-        else:
-            clip.transcript = words.text
-            clip.notes += words.notes
-    if not clip.usable:
-        raise nothing_usable(clip)
+    clipdata.add_transcript(clip, text, missing="no transcript was typed")
+    clipdata.check_usable(clip)
     return clip
 
 

@@ -797,18 +797,29 @@ def load_clip(
     else:
         clip.audio, clip.audio_source = track.audio, vname
 
-    if transcript is None:
-        clip.problems[TEXT] = "no transcript was given"
-    else:
-        try:
-            words = read_transcript(transcript, transcript_name)
-        except FusionError as e:
-            clip.problems[TEXT] = str(e)
-        else:
-            clip.transcript = words.text
-            clip.notes += words.notes
+    add_transcript(clip, transcript, transcript_name)
+    check_usable(clip)
+    return clip
 
+
+def add_transcript(clip: ClipInput, transcript: bytes | str | None, name: str | None = None, *,
+                   missing: str = "no transcript was given") -> None:
+    """Read ``transcript`` (see :func:`read_transcript`) into ``clip``, or record in ``clip.problems`` why it
+    cannot be used (``missing`` when there is none)."""
+    if transcript is None:
+        clip.problems[TEXT] = missing
+        return
+    try:
+        words = read_transcript(transcript, name)
+    except FusionError as e:
+        clip.problems[TEXT] = str(e)
+    else:
+        clip.transcript = words.text
+        clip.notes += words.notes
+
+
+def check_usable(clip: ClipInput) -> None:
+    """Raise :class:`FusionError` listing every reason when no modality of ``clip`` can be used."""
     if not clip.usable:
         reasons = "; ".join(f"{MODALITY_LABEL[m]}: {clip.problems[m]}" for m in CLIP_MODALITIES)
         raise FusionError(f"nothing in this clip can be used. {reasons}")
-    return clip
