@@ -25,6 +25,7 @@ absent (its mask too). Encoders are loaded from their shipped checkpoints (``enc
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass, field
 from typing import Mapping
@@ -87,11 +88,21 @@ def branch_subsets(gate_modality: str) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(m for m in CLIP_MODALITIES if m in s) for s in subsets)
 
 
+@functools.lru_cache(maxsize=None)
+def _shipped_encoder(modality: str) -> nn.Module:
+    """A shipped encoder checkpoint, loaded once per process: every clip model holds the same frozen module (the
+    app keeps three or more clip models; each used to load MiniLM and the others again)."""
+    from fusion.checkpoints import load_checkpoint
+
+    enc, _ = load_checkpoint(ENCODER_CHECKPOINTS[modality])
+    for p in enc.parameters():
+        p.requires_grad_(False)
+    return enc.eval()
+
+
 def _load_encoder(modality: str, trained: bool) -> nn.Module:
     if trained:
-        from fusion.checkpoints import load_checkpoint
-
-        enc, _ = load_checkpoint(ENCODER_CHECKPOINTS[modality])
+        return _shipped_encoder(modality)
     else:
         from fusion.registry import create
 
