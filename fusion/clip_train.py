@@ -30,7 +30,7 @@ from fusion.encoders.audio import pad_spectrograms
 from fusion.encoders.common import EncoderOutput, masked_mean
 from fusion.methods.dynmm import routing_target_loss
 from fusion.models.clips import ENCODER_CHECKPOINTS, ClipClassifier
-from fusion.registry import create
+from fusion.registry import create, list_models
 from fusion.types import AUDIO, FACE, TEXT, FusionError
 
 CACHE_DIR = Path("runs/clip_features")
@@ -198,8 +198,7 @@ def train_fusion(model: ClipClassifier, *, train_cache: FeatureCache, val_cache:
         losses = []
         for a in range(0, len(order), batch_size):
             enc, y = train_cache.batch([train_pairs.pairs[int(i)] for i in order[a : a + batch_size]])
-            logits = model.branch_logits(enc) if model.kind == "dynmm" else model.fuse(enc)[None]
-            loss = torch.stack([F.cross_entropy(lg, y) for lg in logits]).mean()
+            loss = model.fusion_loss(enc, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -260,7 +259,7 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m fusion.train --task clips",
                                 description="Train an emotion-clip fusion model on the frozen encoders.")
     p.add_argument("--task", default="clips")
-    p.add_argument("--model", required=True, choices=("late_clips", "concat_clips", "dynmm_clips"))
+    p.add_argument("--model", required=True, choices=list_models("emotion_clips"))
     p.add_argument("--data", default=None, help="folder holding fer2013/, ravdess/, meld/ (default ../shared/data)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--per-class", type=int, default=300, help="train samples per emotion drawn each epoch")

@@ -187,9 +187,11 @@ class ClipClassifier(FusionModel):
 
     task = "emotion_clips"
 
+    KINDS: tuple[str, ...] = ("late", "concat", "dynmm")  # a subclass adds its own kind and overrides the hooks
+
     def __init__(self, *, cfg: ClipConfig, kind: str) -> None:
         super().__init__()
-        if kind not in ("late", "concat", "dynmm"):
+        if kind not in self.KINDS:
             raise FusionError(f"unknown clip fusion kind {kind!r}")
         self.gate_modalities = gate_set(cfg.gate.gate_modality)
         self.cfg, self.kind = cfg, kind
@@ -198,14 +200,19 @@ class ClipClassifier(FusionModel):
         dims = {m: int(self.encoders[m].out_dim) for m in CLIP_MODALITIES}
         if cfg.branch_fusion not in ("tokens", "late"):
             raise FusionError(f"branch_fusion must be 'tokens' or 'late', got {cfg.branch_fusion!r}")
-        late = kind == "late" or (kind == "dynmm" and cfg.branch_fusion == "late")
-        self.fusion: nn.Module = LateFusion(cfg=cfg) if late else TokenFusion(in_dims=dims, cfg=cfg)
+        self.fusion: nn.Module = self.build_fusion(dims)
         self.branches = branch_subsets(cfg.gate.gate_modality) if kind == "dynmm" else (CLIP_MODALITIES,)
         if kind == "dynmm":
             self.gate = ClipGate(dims={m: dims[m] for m in self.gate_modalities}, num_branches=len(self.branches),
                                  cfg=cfg.gate)
         # measured FLOPs of each branch on the reference clip, normalised to max 1 (set by calibrate_costs)
         self.register_buffer("branch_cost", torch.linspace(0.25, 1.0, len(self.branches)))
+
+    def build_fusion(self, dims: Mapping[str, int]) -> nn.Module:
+        """The fusion module on the encoders' outputs (``dims``: each encoder's token width). A method subclass
+        overrides this hook, :meth:`fuse_traced` and, if it trains differently, :meth:`fusion_loss`."""
+        late = self.kind == "late" or (self.kind == "dynmm" and self.cfg.branch_fusion == "late")
+        return LateFusion(cfg=self.cfg) if late else TokenFusion(in_dims=dims, cfg=self.cfg)
 
     def train(self, mode: bool = True) -> "ClipClassifier":
         super().train(mode)
@@ -268,6 +275,18 @@ class ClipClassifier(FusionModel):
         """The fusion method on encoder outputs (what training on cached encoder outputs calls too)."""
         return self.fusion(enc)
 
+    def fuse_traced(self, enc: Mapping[str, EncoderOutput], opts: RunOptions, *, counting: bool
+                    ) -> tuple[torch.Tensor, dict[str, object]]:
+        """The forward's fusion step: logits and extra :class:`FusionOutput` fields (a method's trace: kept tokens,
+        solver trace, ...), with the call's options. Static fusion: :meth:`fuse` and no trace."""
+        return self.fuse(enc), {}
+
+    def fusion_loss(self, enc: Mapping[str, EncoderOutput], y: torch.Tensor) -> torch.Tensor:
+        """The training loss on cached encoder outputs (``fusion.clip_train.train_fusion``): cross-entropy of the
+        fused prediction; DynMM: the mean over every branch, so each branch learns."""
+        logits = self.branch_logits(enc) if self.kind == "dynmm" else self.fuse(enc)[None]
+        return torch.stack([F.cross_entropy(lg, y) for lg in logits]).mean()
+
     def branch_logits(self, enc: Mapping[str, EncoderOutput]) -> torch.Tensor:
         """DynMM training: every branch's logits ``(K, B, C)`` from all three encoders' outputs."""
         return torch.stack([self.fuse({m: enc[m] for m in s}) for s in self.branches])
@@ -278,8 +297,9 @@ class ClipClassifier(FusionModel):
         notes = [f"{m} absent: not used" for m in CLIP_MODALITIES if m not in present]
         if self.kind != "dynmm":
             enc = {m: self.encode(m, inputs) for m in present}
-            return FusionOutput(logits=self.fuse(enc), present=present, notes=notes, ran=present,
-                                modality_logits={m: e.logits for m, e in enc.items()}), None
+            logits, trace = self.fuse_traced(enc, opts, counting=counting)
+            return FusionOutput(logits=logits, present=present, notes=notes, ran=present,
+                                modality_logits={m: e.logits for m, e in enc.items()}, **trace), None
         gs = self.gate_modalities
         names = tuple("+".join(s) for s in self.branches)
         forced_ok = opts.force_branch is None or set(self.branches[opts.force_branch]) <= set(present)
