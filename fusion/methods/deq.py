@@ -53,8 +53,12 @@ class _Monitor:
     every reported residual belongs to a state that is actually returned or shown.
     """
 
-    def __init__(self, z0: Tensor, fz0: Tensor, *, tol: float, stop_mode: str, max_iter: int) -> None:
+    def __init__(self, z0: Tensor, fz0: Tensor, *, tol: float, stop_mode: str, max_iter: int,
+                 parts: tuple[int, ...] | None = None) -> None:
         self.tol, self.stop_mode = tol, stop_mode
+        self.parts = parts
+        self.part_cols: list[Tensor] = []
+        self.final_parts = None if parts is None else self._part_r(z0, fz0)
         abs_r, rel_r = residuals(z0, fz0)
         r = self._pick(abs_r, rel_r)
         self.best_z = z0.clone()  # (B, D)
@@ -69,6 +73,11 @@ class _Monitor:
     def _pick(self, abs_r: Tensor, rel_r: Tensor) -> Tensor:
         return rel_r if self.stop_mode == "rel" else abs_r
 
+    def _part_r(self, z: Tensor, fz: Tensor) -> Tensor:
+        """The residual (in ``stop_mode``) of each consecutive chunk of the state, ``(B, P)``."""
+        cols = [self._pick(*residuals(zp, fp)) for zp, fp in zip(z.split(self.parts, 1), fz.split(self.parts, 1))]
+        return torch.stack(cols, 1)  # (B, P)
+
     def observe(self, k: int, z: Tensor, fz: Tensor) -> None:
         abs_r, rel_r = residuals(z, fz)
         r = self._pick(abs_r, rel_r)
@@ -81,6 +90,9 @@ class _Monitor:
         self.best_r = torch.where(better, r, self.best_r)
         self.final_r = torch.where(act, r, self.final_r)
         self.cols.append(self.final_r.clone())
+        if self.parts is not None:
+            self.final_parts = torch.where(act[:, None], self._part_r(z, fz), self.final_parts)
+            self.part_cols.append(self.final_parts.clone())
         self.converged = self.converged | newly
         self.nstep = self.nstep.masked_fill(newly, k)
         self.active = act & ~newly
@@ -89,10 +101,15 @@ class _Monitor:
         trace = torch.stack(self.cols, 1) if self.cols else z0.new_zeros(z0.shape[0], 0)  # (B, n_run)
         stats = {"nstep": self.nstep, "abs_residual": self.best_abs, "rel_residual": self.best_rel,
                  "converged": self.converged}
+        if self.parts is not None:  # (B, n_run, P)
+            stats["part_residuals"] = (torch.stack(self.part_cols, 1) if self.part_cols
+                                       else z0.new_zeros(z0.shape[0], 0, len(self.parts)))
         return self.best_z, trace, stats
 
 
-def _check(z0: Tensor, max_iter: int, tol: float, stop_mode: str) -> None:
+def _check(z0: Tensor, max_iter: int, tol: float, stop_mode: str, parts: tuple[int, ...] | None = None) -> None:
+    if parts is not None and sum(parts) != z0.shape[-1]:
+        raise ValueError(f"parts {parts} must add up to the state size {z0.shape[-1]}")
     if z0.dim() != 2:
         raise ValueError(f"solvers work on flat states (B, D); got shape {tuple(z0.shape)}")
     if stop_mode not in STOP_MODES:
@@ -102,13 +119,17 @@ def _check(z0: Tensor, max_iter: int, tol: float, stop_mode: str) -> None:
 
 
 def _run(f: StateMap, z0: Tensor, step: Callable[[Tensor, Tensor, Tensor], Tensor], *, max_iter: int,
-         tol: float, stop_mode: str, callback: Callback | None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """The loop every solver shares; ``step(z, fz, active)`` proposes the next iterate."""
-    _check(z0, max_iter, tol, stop_mode)
+         tol: float, stop_mode: str, callback: Callback | None, parts: tuple[int, ...] | None = None
+         ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    """The loop every solver shares; ``step(z, fz, active)`` proposes the next iterate. ``parts``: sizes of
+    consecutive chunks of the state (e.g. one per modality state) whose own residuals are traced too
+    (``stats["part_residuals"]``, ``(B, n_run, P)``); they do not affect the stop."""
+    _check(z0, max_iter, tol, stop_mode, parts)
     with torch.no_grad():
         z = z0.detach()
         fz = f(z)
-        mon = _Monitor(z, fz, tol=tol, stop_mode=stop_mode, max_iter=max_iter)
+        mon = _Monitor(z, fz, tol=tol, stop_mode=stop_mode, max_iter=max_iter,
+                       parts=None if parts is None else tuple(int(p) for p in parts))
         for k in range(1, max_iter + 1):
             if not bool(mon.active.any()):
                 break
@@ -122,7 +143,8 @@ def _run(f: StateMap, z0: Tensor, step: Callable[[Tensor, Tensor, Tensor], Tenso
 
 
 def fixed_point(f: StateMap, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel",
-                callback: Callback | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+                callback: Callback | None = None, parts: tuple[int, ...] | None = None
+                ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Plain fixed-point (Picard) iteration ``z <- f(z)``; converges linearly at the contraction rate.
 
     Args:
@@ -132,6 +154,8 @@ def fixed_point(f: StateMap, z0: Tensor, *, max_iter: int, tol: float, stop_mode
         tol: a sample stops once its residual (in ``stop_mode``) is below ``tol``.
         stop_mode: ``"rel"`` = ``||f(z)-z|| / (||f(z)||+1e-8)``, ``"abs"`` = ``||f(z)-z||``.
         callback: called as ``callback(k, z)`` after iteration ``k`` with the current ``(B, D)`` states.
+        parts: optional sizes of consecutive chunks of the state (summing to ``D``) whose residuals are traced
+            separately in ``stats["part_residuals"]`` ``(B, n_run, P)`` (same measure, same repeat rule).
 
     Returns:
         ``(z, trace, stats)``: per sample the converged (else lowest-residual) state ``(B, D)``, the residual
@@ -139,7 +163,7 @@ def fixed_point(f: StateMap, z0: Tensor, *, max_iter: int, tol: float, stop_mode
         ``nstep`` (B,) long, ``abs_residual`` / ``rel_residual`` (B,) of the returned ``z``, ``converged`` (B,).
     """
     return _run(f, z0, lambda z, fz, active: fz, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                callback=callback)
+                callback=callback, parts=parts)
 
 
 class _AndersonStep:
@@ -193,7 +217,7 @@ class _AndersonStep:
 
 def anderson(f: StateMap, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel",
              callback: Callback | None = None, m: int = 5, beta: float = 1.0,
-             lam: float = 1e-4) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+             lam: float = 1e-4, parts: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Anderson acceleration (type II) with memory ``m``, mixing ``beta`` and Tikhonov ``lam``.
 
     ``lam`` is relative to the mean squared residual held in memory. The small ``(m+1) x (m+1)`` bordered
@@ -201,7 +225,7 @@ def anderson(f: StateMap, z0: Tensor, *, max_iter: int, tol: float, stop_mode: s
     takes a plain fixed-point step. Arguments and returns as in :func:`fixed_point`.
     """
     return _run(f, z0, _AndersonStep(m, beta, lam), max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                callback=callback)
+                callback=callback, parts=parts)
 
 
 class _BroydenStep:
@@ -248,8 +272,8 @@ class _BroydenStep:
 
 
 def broyden(f: StateMap, z0: Tensor, *, max_iter: int, tol: float, stop_mode: str = "rel",
-            callback: Callback | None = None,
-            memory: int | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+            callback: Callback | None = None, memory: int | None = None,
+            parts: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
     """Limited-memory good Broyden root finding on ``f(z) - z`` (full steps, no line search).
 
     ``memory`` rank-one updates are kept (default ``max_iter``, i.e. none dropped). Arguments and returns as
@@ -257,7 +281,7 @@ def broyden(f: StateMap, z0: Tensor, *, max_iter: int, tol: float, stop_mode: st
     """
     mem = max(1, max_iter if memory is None else memory)
     return _run(f, z0, _BroydenStep(mem), max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                callback=callback)
+                callback=callback, parts=parts)
 
 
 SOLVERS: dict[str, Callable[..., tuple[Tensor, Tensor, dict[str, Tensor]]]] = {
@@ -383,6 +407,9 @@ class DEQConfig:
     groups: int = 8  # GroupNorm groups in the fusion block (must divide hidden)
     inject: str = "all"  # fused state's input: all = weighted sum of every injection (the paper); primary = the
     #                      first modality's only, the others arrive through their states (the recursion)
+    kernel: int = 3  # spatial kernel of the per-modality blocks: 3 on feature maps; 1 on vectors as (B, C, 1, 1)
+    unroll: int = 0  # 0 = solve for the fixed point; k > 0 = the equal-training control: f applied k times from
+    #                  zeros with ordinary backpropagation, no solver (a weight-tied k-layer network)
 
 
 @dataclass
@@ -400,6 +427,8 @@ class DEQTrace:
     stop_mode: str
     states: dict[int, Tensor] = field(default_factory=dict)  # iteration -> decoded output (B, C_out, H, W)
     jac_loss: Tensor | None = None  # jac_reg_weight * Jacobian estimate (training only), add to the loss
+    state_residuals: Tensor | None = None  # (B, n, S) residual of each state (the modalities', then the fused)
+    state_names: tuple[str, ...] = ()  # what each of the S states is: the present modalities, then "fused"
 
 
 def pack_states(states: list[Tensor]) -> Tensor:
@@ -420,11 +449,11 @@ class ModalityBlock(nn.Module):
     block has a Jacobian norm near 1 and the solver barely converges.
     """
 
-    def __init__(self, *, hidden: int, groups: int, branch_gain: float = 0.1) -> None:
+    def __init__(self, *, hidden: int, groups: int, branch_gain: float = 0.1, kernel: int = 3) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(hidden, hidden, 3, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2, bias=False)
         self.norm1 = nn.GroupNorm(groups, hidden)
-        self.conv2 = nn.Conv2d(hidden, hidden, 3, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(hidden, hidden, kernel, padding=kernel // 2, bias=False)
         self.norm2 = nn.GroupNorm(groups, hidden)
         self.norm3 = nn.GroupNorm(groups, hidden)
         nn.init.constant_(self.norm2.weight, branch_gain)
@@ -466,7 +495,7 @@ class DEQFusion(nn.Module):
         if cfg.hidden % cfg.groups:
             raise ValueError(f"groups ({cfg.groups}) must divide hidden ({cfg.hidden})")
         if (cfg.solver not in SOLVERS or cfg.backward not in BACKWARD_MODES or cfg.stop_mode not in STOP_MODES
-                or cfg.inject not in ("all", "primary")):
+                or cfg.inject not in ("all", "primary") or cfg.kernel not in (1, 3) or cfg.unroll < 0):
             raise ValueError(f"bad solver/backward/stop_mode in {cfg}")
         self.cfg = cfg
         self.names = tuple(in_channels)
@@ -474,7 +503,7 @@ class DEQFusion(nn.Module):
         h, g = cfg.hidden, cfg.groups
         self.proj = nn.ModuleDict({m: nn.Sequential(nn.Conv2d(c, h, 1, bias=False), nn.GroupNorm(g, h))
                                    for m, c in in_channels.items()})
-        self.blocks = nn.ModuleDict({m: ModalityBlock(hidden=h, groups=g) for m in in_channels})
+        self.blocks = nn.ModuleDict({m: ModalityBlock(hidden=h, groups=g, kernel=cfg.kernel) for m in in_channels})
         self.gates = nn.ModuleDict({m: nn.Conv2d(h, h, 1) for m in in_channels})
         self.fuse_conv = nn.Conv2d(h, h, 1)
         # small init (spectral norm ~0.2) so the fused state starts contractive in itself; the default
@@ -530,7 +559,11 @@ class DEQFusion(nn.Module):
 
         ``solver``, ``max_iter``, ``tol`` and ``stop_mode`` override the config for this call (live controls).
         ``keep_states_at``: 1-based iterations at which the decoded output ``out(z_fuse)`` is kept in
-        ``trace.states``; an iteration after the solve stopped shows the final state.
+        ``trace.states``; an iteration after the solve stopped shows the final state. ``trace.state_residuals``
+        holds each state's own residual per iteration (the present modalities' states, then the fused one).
+
+        With ``cfg.unroll = k > 0`` (the equal-training control) nothing is solved: ``f`` is applied ``k`` times
+        from zeros with ordinary autograd; the trace then holds no residuals (``nstep = k``, not converged).
         """
         cfg = self.cfg
         present = self._check(feats)
@@ -561,8 +594,11 @@ class DEQFusion(nn.Module):
                 kept[k] = decode(z).detach()
 
         z0 = ref.new_zeros(B, n * ref[0].numel())  # (B, D)
+        names = tuple(present) + ("fused",)
+        if cfg.unroll:
+            return self._unrolled(f, decode, z0, wanted, names, solver, tol, stop_mode)
         z_star, residual_trace, stats = solve(f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
-                                              callback=callback if wanted else None)
+                                              callback=callback if wanted else None, parts=(ref[0].numel(),) * n)
         if wanted - set(kept):
             with torch.no_grad():
                 final = decode(z_star)
@@ -583,5 +619,28 @@ class DEQFusion(nn.Module):
                          abs_residual=stats["abs_residual"], rel_residual=stats["rel_residual"],
                          solver=solver if isinstance(solver, str) else getattr(solver, "__name__", "custom"),
                          tol=tol, max_iter=max_iter, stop_mode=stop_mode,
-                         states=dict(sorted(kept.items())), jac_loss=jac_loss)
+                         states=dict(sorted(kept.items())), jac_loss=jac_loss,
+                         state_residuals=stats["part_residuals"], state_names=names)
+        return out, trace
+
+    def _unrolled(self, f: StateMap, decode: Callable[[Tensor], Tensor], z0: Tensor, wanted: set[int],
+                  names: tuple[str, ...], solver: str | Callable, tol: float, stop_mode: str
+                  ) -> tuple[Tensor, DEQTrace]:
+        """The weight-tied control: ``z_k = f(z_{k-1})`` from zeros, ``cfg.unroll`` times, ordinary backprop."""
+        k_max = self.cfg.unroll
+        z, kept = z0, {}
+        for k in range(1, k_max + 1):
+            z = f(z)
+            if k in wanted:
+                kept[k] = decode(z).detach()
+        out = decode(z)
+        kept.update({k: out.detach() for k in wanted if k > k_max})
+        B = z0.shape[0]
+        empty = z0.new_zeros(B, 0)
+        nan = z0.new_full((B,), float("nan"))
+        trace = DEQTrace(residuals=empty, nstep=torch.full((B,), k_max, dtype=torch.long),
+                         converged=torch.zeros(B, dtype=torch.bool), abs_residual=nan, rel_residual=nan,
+                         solver=f"unrolled {k_max}", tol=tol, max_iter=k_max, stop_mode=stop_mode,
+                         states=dict(sorted(kept.items())), state_residuals=z0.new_zeros(B, 0, len(names)),
+                         state_names=names)
         return out, trace
