@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -163,6 +164,11 @@ def readme_lines(res: dict[str, Any]) -> list[str]:
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     from fusion.evaluate import _replace_block
 
+    args_in = list(sys.argv[1:] if argv is None else argv)
+    if any(a.startswith(("--deq-ablation", "--select")) for a in args_in):  # DEQ fusion's ablation: its own module
+        from fusion.clip_deq_eval import main as deq_main
+
+        return deq_main(args_in)
     p = argparse.ArgumentParser(prog="python -m fusion.evaluate --task clips", description=__doc__.split("\n")[0])
     p.add_argument("--task", default="clips")
     p.add_argument("models", nargs="*", help="clip checkpoints (default: every shipped one)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import shlex
 import sys
 import time
@@ -274,6 +275,8 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--branch-fusion", default="tokens", choices=("tokens", "late"),
                    help="DynMM: the branches' shared fusion (concat-token transformer or late fusion)")
     p.add_argument("--init", default=None, help="DynMM: start from this exported dynmm_clips card (skip branch training)")
+    p.add_argument("--config", default=None, metavar="JSON",
+                   help="model settings for the registry, e.g. '{\"deq\": {\"hidden\": 64, \"jac_reg_weight\": 1}}'")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--cache-dir", default=str(CACHE_DIR))
     p.add_argument("--export", required=True, metavar="NAME")
@@ -285,6 +288,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg: dict[str, Any] = ({"gate_modality": args.gate_modality, "branch_fusion": args.branch_fusion}
                                if args.model == "dynmm_clips" else {})
+        if args.config:
+            try:
+                cfg.update(json.loads(args.config))
+            except (json.JSONDecodeError, TypeError) as e:
+                raise FusionError(f"--config must be a JSON object: {e}") from e
         if args.init:
             from fusion.checkpoints import load_checkpoint
 

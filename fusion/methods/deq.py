@@ -554,12 +554,14 @@ class DEQFusion(nn.Module):
 
     def forward(self, feats: dict[str, Tensor], *, solver: str | None = None, max_iter: int | None = None,
                 tol: float | None = None, stop_mode: str | None = None,
-                keep_states_at: tuple[int, ...] = ()) -> tuple[Tensor, DEQTrace]:
+                keep_states_at: tuple[int, ...] = (), decode_kept: bool = True) -> tuple[Tensor, DEQTrace]:
         """Fuse the present modalities; returns ``(out (B, out_channels, H, W), DEQTrace)``.
 
         ``solver``, ``max_iter``, ``tol`` and ``stop_mode`` override the config for this call (live controls).
         ``keep_states_at``: 1-based iterations at which the decoded output ``out(z_fuse)`` is kept in
-        ``trace.states``; an iteration after the solve stopped shows the final state. ``trace.state_residuals``
+        ``trace.states``; an iteration after the solve stopped shows the final state. ``decode_kept=False`` keeps
+        the raw fused state ``z_fuse`` (B, hidden, H, W) instead, for the caller to decode with ``self.out``
+        outside a FLOP count (the decoding is an explanation, not the model's path). ``trace.state_residuals``
         holds each state's own residual per iteration (the present modalities' states, then the fused one).
 
         With ``cfg.unroll = k > 0`` (the equal-training control) nothing is solved: ``f`` is applied ``k`` times
@@ -589,19 +591,22 @@ class DEQFusion(nn.Module):
         wanted = set(keep_states_at)
         kept: dict[int, Tensor] = {}
 
+        def keep(z: Tensor) -> Tensor:
+            return decode(z) if decode_kept else unpack_states(z, n=n, shape=shape)[-1].clone()
+
         def callback(k: int, z: Tensor) -> None:
             if k in wanted:
-                kept[k] = decode(z).detach()
+                kept[k] = keep(z).detach()
 
         z0 = ref.new_zeros(B, n * ref[0].numel())  # (B, D)
         names = tuple(present) + ("fused",)
         if cfg.unroll:
-            return self._unrolled(f, decode, z0, wanted, names, solver, tol, stop_mode)
+            return self._unrolled(f, decode, keep, z0, wanted, names, tol, stop_mode)
         z_star, residual_trace, stats = solve(f, z0, max_iter=max_iter, tol=tol, stop_mode=stop_mode,
                                               callback=callback if wanted else None, parts=(ref[0].numel(),) * n)
         if wanted - set(kept):
             with torch.no_grad():
-                final = decode(z_star)
+                final = keep(z_star)
             kept.update({k: final for k in wanted - set(kept)})
 
         grad_on = torch.is_grad_enabled() and (self.training or any(t.requires_grad for t in feats.values()))
@@ -623,18 +628,19 @@ class DEQFusion(nn.Module):
                          state_residuals=stats["part_residuals"], state_names=names)
         return out, trace
 
-    def _unrolled(self, f: StateMap, decode: Callable[[Tensor], Tensor], z0: Tensor, wanted: set[int],
-                  names: tuple[str, ...], solver: str | Callable, tol: float, stop_mode: str
-                  ) -> tuple[Tensor, DEQTrace]:
+    def _unrolled(self, f: StateMap, decode: Callable[[Tensor], Tensor], keep: Callable[[Tensor], Tensor], z0: Tensor,
+                  wanted: set[int], names: tuple[str, ...], tol: float, stop_mode: str) -> tuple[Tensor, DEQTrace]:
         """The weight-tied control: ``z_k = f(z_{k-1})`` from zeros, ``cfg.unroll`` times, ordinary backprop."""
         k_max = self.cfg.unroll
         z, kept = z0, {}
         for k in range(1, k_max + 1):
             z = f(z)
             if k in wanted:
-                kept[k] = decode(z).detach()
+                kept[k] = keep(z).detach()
         out = decode(z)
-        kept.update({k: out.detach() for k in wanted if k > k_max})
+        if wanted - set(kept):
+            last = keep(z).detach()
+            kept.update({k: last for k in wanted - set(kept)})
         B = z0.shape[0]
         empty = z0.new_zeros(B, 0)
         nan = z0.new_full((B,), float("nan"))
