@@ -71,13 +71,13 @@ def select_on_cache(names: Sequence[str], *, root: str | None = None, cache_dir:
             ys.append(y)
         y = torch.cat(ys)
         row = {k: scores(torch.cat(v), y) for k, v in preds.items()}
-        out[nm] = {"val": row["fixed"], "zeroed": row["zero"]["accuracy"],
+        out[nm] = {"max_iter": max_iter, "val": row["fixed"], "zeroed": row["zero"]["accuracy"],
                    "steps": {k: row[f"step{k}"]["accuracy"] for k in STEPS},
                    "selected_epoch": card.get("training", {}).get("selected_epoch"),
                    "config": card.get("config", {}).get("deq"), **_conv_stats(nstep, conv, rel)}
         if card["config"]["deq"].get("unroll"):
             out[nm]["note"] = "unrolled control: no solve (convergence columns not meaningful)"
-        log(f"{nm}: val {row['fixed']['accuracy']:.2f} / F1 {row['fixed']['macro_f1']:.2f}, zeroed {row['zero']['accuracy']:.2f}, "
+        log(f"{nm} (cap {max_iter}): val {row['fixed']['accuracy']:.2f} / F1 {row['fixed']['macro_f1']:.2f}, zeroed {row['zero']['accuracy']:.2f}, "
             f"steps {[row[f'step{k}']['accuracy'] for k in STEPS]}, converged {out[nm]['converged_pct']}% "
             f"(mean {out[nm]['mean_steps']}, max {out[nm]['max_steps']}) epoch {out[nm]['selected_epoch']}")
     return out
@@ -211,12 +211,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--control", default=None, help="the one-step (unroll=1) control checkpoint")
     p.add_argument("--select", nargs="*", default=None, metavar="NAME",
                    help="instead: score these DEQ checkpoints on the cached val encoder outputs")
+    p.add_argument("--max-iter", type=int, default=15, help="--select: the solver cap to score at")
     p.add_argument("--split", default="val", choices=("val", "test"))
     p.add_argument("--data", default=None)
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="JSON file (default assets/figures/clips_deq_SPLIT.json)")
     p.add_argument("--readme", default=None, help="test split: write the results:clips_deq block of this README")
+    p.add_argument("--models-json", default=None,
+                   help="with --readme: also render this `fusion.evaluate --task clips NAME --out F` result (the standard "
+                        "row with per-subset columns) into the results:clips_deq_models block")
+    p.add_argument("--no-write-cards", action="store_true", help="do not record the metrics in the model cards")
+    p.add_argument("--from-json", default=None,
+                   help="render the README blocks from this saved result (no forwards; the split is not read again)")
     p.add_argument("--export-dir", default=str(ASSETS))
     p.add_argument("--cache-dir", default=str(CACHE_DIR))
     args = p.parse_args(argv)
@@ -224,23 +231,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.select is not None:
             res = select_on_cache(args.select, root=args.data, cache_dir=Path(args.cache_dir),
-                                  export_dir=Path(args.export_dir))
+                                  export_dir=Path(args.export_dir), max_iter=args.max_iter)
             if args.out:
                 Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
             return 0
         if not args.deq_ablation:
             print("error: give --deq-ablation NAME or --select NAME ...")
             return 2
-        res = deq_ablation(args.deq_ablation, args.split, control=args.control, root=args.data, limit=args.limit,
-                           threads=args.threads, export_dir=Path(args.export_dir))
+        if args.from_json:
+            res = json.loads(Path(args.from_json).read_text())
+        else:
+            res = deq_ablation(args.deq_ablation, args.split, control=args.control, root=args.data, limit=args.limit,
+                               threads=args.threads, export_dir=Path(args.export_dir))
     except FusionError as e:
         print(f"error: {e}")
         return 2
-    out = Path(args.out or FIGURES / f"clips_deq_{args.split}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
+    out = Path(args.out or FIGURES / f"clips_deq_{res['split']}.json")
+    if not args.from_json:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2) + "\n")
     lines = readme_lines(res)
     print("\n".join(lines))
-    if args.readme and args.split == "test":
+    if args.readme and res["split"] == "test":
         _replace_block(Path(args.readme), "clips_deq", lines)
+        if args.models_json:
+            from fusion.clip_eval import readme_lines as model_lines
+
+            _replace_block(Path(args.readme), "clips_deq_models",
+                           model_lines(json.loads(Path(args.models_json).read_text())))
+    if not args.no_write_cards and not args.from_json:
+        record_metrics(res, Path(args.export_dir))
     return 0
+
+
+def record_metrics(res: dict[str, Any], export_dir: Path = ASSETS) -> None:
+    """Write the ablation's headline numbers into the model's (and the control's) card, under ``metrics[split]``."""
+    from fusion.checkpoints import card_path, read_card
+
+    split = res["split"]
+    fp = res["fixed_point"]
+    rows = {res["model"]: {"accuracy": fp["accuracy"], "macro_f1": fp["macro_f1"], "gflops": fp["gflops"],
+                           "fusion_mflops": fp["fusion_mflops"], "converged_pct": fp["converged_pct"],
+                           "mean_steps": fp["mean_steps"], "max_steps": fp["max_steps"],
+                           "accuracy_after_steps": {k: v["accuracy"] for k, v in res["steps"].items()},
+                           "accuracy_block_zeroed": res["zeroed"]["accuracy"], "samples": res["samples"],
+                           "command": f"python -m fusion.evaluate --task clips --deq-ablation {res['model']}"
+                                      + (f" --control {res['control']['name']}" if "control" in res else "")
+                                      + f" --split {split}"}}
+    if "control" in res:
+        c = res["control"]
+        rows[c["name"]] = {"accuracy": c["accuracy"], "macro_f1": c["macro_f1"], "gflops": c["gflops"],
+                           "fusion_mflops": c["fusion_mflops"], "samples": res["samples"]}
+    for name, m in rows.items():
+        path = card_path(name, export_dir)
+        card = read_card(path)
+        card.setdefault("metrics", {})[split] = m
+        path.write_text(json.dumps(card, indent=2) + "\n")

@@ -27,7 +27,7 @@ STATE_COLOR = {"face": "#5b8def", "audio": "#e4572e", "text": "#76b041", "fused"
 
 def is_control(card: Mapping[str, Any]) -> bool:
     """The equal-training control (the same architecture unrolled once, no solve): not offered as the model."""
-    return bool((card.get("config") or {}).get("deq", {}).get("unroll"))
+    return inference.is_control(dict(card)) or bool((card.get("config") or {}).get("deq", {}).get("unroll"))
 
 
 def deq_checkpoints() -> tuple[list[dict], list[dict]]:
