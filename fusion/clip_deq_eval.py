@@ -57,7 +57,7 @@ def select_on_cache(names: Sequence[str], *, root: str | None = None, cache_dir:
         model, card = load_checkpoint(nm, export_dir)
         model.eval()
         preds: dict[str, list] = {"fixed": [], "zero": [], **{f"step{k}": [] for k in STEPS}}
-        nstep, conv, rel, ys = [], [], [], []
+        nstep, conv, rel, ys, moved = [], [], [], [], []
         for a in range(0, len(pairs), 256):
             enc, y = cache.batch(pairs[a:a + 256])
             logits, tr, skip = model.fusion(enc, max_iter=max_iter, keep_states_at=STEPS)
@@ -65,6 +65,9 @@ def select_on_cache(names: Sequence[str], *, root: str | None = None, cache_dir:
             preds["zero"].append(skip.argmax(1))
             for k in STEPS:
                 preds[f"step{k}"].append((skip + tr.states[k][:, :, 0, 0]).argmax(1))
+            readout = logits - skip  # (B, C) the block's contribution at the fixed point
+            first = tr.states[1][:, :, 0, 0]
+            moved.append((first - readout).norm(dim=1) / readout.norm(dim=1).clamp_min(1e-12))
             nstep += tr.nstep.tolist()
             conv += tr.converged.tolist()
             rel += tr.rel_residual.tolist()
@@ -74,12 +77,15 @@ def select_on_cache(names: Sequence[str], *, root: str | None = None, cache_dir:
         out[nm] = {"max_iter": max_iter, "val": row["fixed"], "zeroed": row["zero"]["accuracy"],
                    "steps": {k: row[f"step{k}"]["accuracy"] for k in STEPS},
                    "selected_epoch": card.get("training", {}).get("selected_epoch"),
-                   "config": card.get("config", {}).get("deq"), **_conv_stats(nstep, conv, rel)}
+                   "config": card.get("config", {}).get("deq"), **_conv_stats(nstep, conv, rel),
+                   # how far the block's logits move from the first iterate to the fixed point, relative
+                   "readout_change_step1_median": round(float(torch.cat(moved).median()), 4)}
         if card["config"]["deq"].get("unroll"):
             out[nm]["note"] = "unrolled control: no solve (convergence columns not meaningful)"
         log(f"{nm} (cap {max_iter}): val {row['fixed']['accuracy']:.2f} / F1 {row['fixed']['macro_f1']:.2f}, zeroed {row['zero']['accuracy']:.2f}, "
             f"steps {[row[f'step{k}']['accuracy'] for k in STEPS]}, converged {out[nm]['converged_pct']}% "
-            f"(mean {out[nm]['mean_steps']}, max {out[nm]['max_steps']}) epoch {out[nm]['selected_epoch']}")
+            f"(mean {out[nm]['mean_steps']}, max {out[nm]['max_steps']}) epoch {out[nm]['selected_epoch']}, readout "
+            f"change step 1 -> fixed point {out[nm]['readout_change_step1_median']:.3f} (median, relative)")
     return out
 
 
