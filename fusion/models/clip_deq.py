@@ -38,9 +38,9 @@ from fusion.encoders.common import EncoderOutput
 from fusion.methods.deq import DEQConfig, DEQFusion, DEQTrace
 from fusion.models.clips import CLIP_MODALITIES, ClipClassifier, ClipConfig, ClipGateConfig, LateFusion
 from fusion.registry import register
+from fusion.types import BlockTrace, FusionError, FusionOutput, RunOptions
 
 REGISTRY_NAME = "deq_clips"
-from fusion.types import BlockTrace, FusionError, FusionOutput, RunOptions
 
 FEATURES = ("pooled", "pooled+logprobs")
 SKIPS = ("late", "none")
