@@ -346,6 +346,77 @@ def element_attribution(model: torch.nn.Module, inputs: Mapping[str, torch.Tenso
                               count["forwards"], count["evaluations"], int(batch))
 
 
+# --------------------------------------------------------------------------- the class a click picks (RGB-D)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A pixel clicked on an RGB-D prediction and the class predicted there."""
+
+    cls: int
+    row: int  # y, in pixels of the prediction map
+    col: int  # x
+
+
+def _points(selection: object) -> list:
+    """The selected points of a Streamlit ``plotly_chart`` event, of its ``selection``, or a list of points."""
+    if selection is None:
+        return []
+    if isinstance(selection, Mapping):
+        if "selection" in selection:
+            return _points(selection["selection"])
+        return list(selection.get("points") or [])
+    if isinstance(selection, (list, tuple)):
+        return list(selection)
+    return []
+
+
+def _pixel(point: object, shape: tuple[int, int]) -> tuple[int, int] | None:
+    """(row, col) of one selected point: its ``customdata`` [row, col] when given, else its rounded (y, x)."""
+    if not isinstance(point, Mapping):
+        return None
+    h, w = shape
+    custom = point.get("customdata")
+    try:
+        if isinstance(custom, (list, tuple)) and len(custom) >= 2:
+            r, c = int(custom[0]), int(custom[1])
+        else:
+            x, y = float(point["x"]), float(point["y"])
+            if not (math.isfinite(x) and math.isfinite(y)):
+                return None
+            r, c = int(round(y)), int(round(x))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (r, c) if 0 <= r < h and 0 <= c < w else None
+
+
+def picked_class(selection: object, labels: np.ndarray | torch.Tensor) -> Pick | None:
+    """The class predicted at the pixel a user clicked on a prediction map drawn with x = column and y = row
+    in pixels of ``labels`` (H, W) (the shown prediction's class per pixel). ``selection``: what Streamlit's
+    ``st.plotly_chart(..., on_select=...)`` returns (or keeps under its key), its ``selection``, or a list of
+    points. The last selected point that lies on the map counts (a click selects one; a box several: the last);
+    None when nothing usable is selected."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise FusionError(f"the label map must be (H, W), got {lab.shape}")
+    for point in reversed(_points(selection)):
+        px = _pixel(point, lab.shape)
+        if px is not None:
+            return Pick(int(lab[px]), *px)
+    return None
+
+
+def picker_grid(shape: tuple[int, int], target: int = 2400) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column (flat arrays) of the clickable points over an (H, W) map: a regular grid of about
+    ``target`` points, each at the centre of its cell."""
+    h, w = shape
+    step = max(1, math.ceil(math.sqrt(h * w / max(1, target))))
+    rows = np.arange(step // 2, h, step)
+    cols = np.arange(step // 2, w, step)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return rr.ravel(), cc.ravel()
+
+
 # --------------------------------------------------------------------------- words
 
 NAMES = {RGB: "RGB", DEPTH: "depth", FACE: "the face", AUDIO: "speech", TEXT: "the transcript"}

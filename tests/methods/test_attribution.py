@@ -274,3 +274,32 @@ def test_gated_batches_whose_inputs_take_different_branches():
         batched = [b for b in rec.calls if len(b) > 1]
         assert batched and len(set(batched[0])) > 1, rec.calls  # one batch, several branches in it
         assert close(one.values, many.values), (one.values, many.values)
+
+
+# --------------------------------------------------------------------------- the class a click picks
+
+
+def test_picked_class_from_a_plotly_selection():
+    from fusion.attribution import Pick, picked_class, picker_grid
+
+    labels = np.zeros((4, 6), np.uint16)
+    labels[1, 4] = 7
+    labels[3, 0] = 2
+    point = {"curve_number": 1, "point_index": 9, "x": 4, "y": 1}
+    event = {"selection": {"points": [point], "point_indices": [9], "box": [], "lasso": []}}
+    assert picked_class(event, labels) == Pick(7, 1, 4)  # the event as st.plotly_chart returns it
+    assert picked_class(event["selection"], labels) == Pick(7, 1, 4)  # its selection, or the points
+    assert picked_class([{"x": 4.4, "y": 0.6}], torch.as_tensor(labels.astype(np.int64))) == Pick(7, 1, 4)  # rounded
+    assert picked_class([{"x": 0, "y": 0, "customdata": [3, 0]}], labels) == Pick(2, 3, 0)  # customdata first
+    assert picked_class([point, {"x": 0, "y": 3}], labels) == Pick(2, 3, 0)  # the last point counts
+    assert picked_class([{"x": 0, "y": 3}, {"x": 6, "y": 0}], labels) == Pick(2, 3, 0)  # off the map: skipped
+    for nothing in (None, {}, {"selection": {"points": []}}, [{"x": "a", "y": 1}], [{"y": 1}], [{"x": -1, "y": 0}],
+                    [{"x": float("nan"), "y": 0}], "clicked"):
+        assert picked_class(nothing, labels) is None, nothing
+    with pytest.raises(FusionError):
+        picked_class(event, np.zeros(5))
+    rows, cols = picker_grid((240, 320))
+    assert len(rows) == len(cols) and 1500 <= len(rows) <= 2400
+    assert rows.min() >= 0 and rows.max() < 240 and cols.max() < 320
+    r, c = picker_grid((3, 5))
+    assert len(r) == 15  # a small map: every pixel
