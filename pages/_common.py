@@ -218,7 +218,10 @@ def inputs_digest(inputs: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
-ATTR_BATCH = 8  # ablated inputs per forward for the per-element maps (`python -m fusion.bench attribution`)
+# ablated inputs per forward for the per-element maps, by the prediction's kind: measured with `python -m fusion.bench
+# attribution` on the 2-core CPU (README): a batch of clips is faster than one at a time; a batch of 240x320 RGB-D
+# frames is not (one frame already fills a core), so RGB-D ablations run one per forward
+ATTR_BATCH = {"clips": 4, "rgbd": 1}
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -247,9 +250,10 @@ def _attribution(_model: Any, model_key: str, digest: str, cls: int, options: tu
     opts = dict(options)
     score = attribution.default_score(_model, _inputs, cls=cls, label=label, **opts)
     att = attribution.modality_shapley(_model, _inputs, score, **opts)
+    batch = ATTR_BATCH["rgbd" if getattr(_model, "task", "") == "rgbd_seg" else "clips"]
     elements = {}
     for m in att.modalities:
-        e = attribution.element_attribution(_model, _inputs, m, score, grid=grid, pieces=pieces, batch=ATTR_BATCH,
+        e = attribution.element_attribution(_model, _inputs, m, score, grid=grid, pieces=pieces, batch=batch,
                                             **opts)
         elements[m] = dict(values=np.asarray(e.values, dtype=float), labels=list(e.labels), ms=e.ms,
                            forwards=e.forwards, evaluations=e.evaluations)
@@ -267,6 +271,8 @@ def show_modality_attribution(model: Any, model_key: str, inputs: Mapping[str, A
     it on (it costs 2^M - 1 forwards for the modalities, one per element for the maps; cached per model, input
     digest, class and options): the exact Shapley value of each modality (bar chart), a plain sentence, the
     measured cost, and per-element maps (a 2-D grid drawn over ``image``; a 1-D sequence as bars).
+    A 2-D prediction (RGB-D) with an ``image`` of its size: the class to explain is picked by clicking a pixel
+    of the prediction drawn over ``image`` (or from the list of predicted classes; the two stay in step).
     ``options``: the model's per-call settings. Errors are shown, never raised."""
     if not st.toggle(ATTR_LABEL, value=False, key=f"{key}_attr_on",
                      help="Exact Shapley values of the modalities (every subset is run) and, within each modality, "
@@ -306,8 +312,8 @@ def _picker_figure(labels: np.ndarray, image: Any, class_names: Sequence[str], p
     fig = go.Figure(data)
     h, w = labels.shape
     fig.update_layout(height=320, margin=dict(l=0, r=0, t=0, b=0), clickmode="event+select", dragmode=False,
-                      xaxis=dict(visible=False, range=[-0.5, w - 0.5]),
-                      yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x"))
+                      xaxis=dict(visible=False, range=[-0.5, w - 0.5], constrain="domain"),
+                      yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain"))
     return fig
 
 
@@ -352,9 +358,10 @@ def _show_attribution(model: Any, model_key: str, inputs: Mapping[str, Any], *, 
     point = st.session_state.get(point_key)
     if not (isinstance(point, Mapping) and point.get("digest") == digest and point.get("cls") in by_cls):
         point = None  # a pick on another input (or none)
-    if pixels and image is not None:
+    picker = pixels and image is not None
+    if picker:
         _class_picker(pred["labels"], image, class_names, key=key, digest=digest, point=point)
-    cls = st.selectbox("Explain the score of" if not pixels else "… or pick the class from the list",
+    cls = st.selectbox("… or pick the class from the list" if picker else "Explain the score of",
                        [c for c, _ in ranked], key=cls_key,
                        format_func=lambda c: (f"{class_names[c]} ({by_cls[c]:,} px)" if pixels
                                               else f"{class_names[c]} (p = {by_cls[c] * 100:.0f}%)"),
@@ -381,8 +388,7 @@ def _show_attribution(model: Any, model_key: str, inputs: Mapping[str, Any], *, 
                f"({res['full']:.2f}) minus the score of a uniform prediction ({res['base']:.2f} = log 1/C), the "
                f"value given to no modality. Shares are |value| of the total movement; a negative value lowered the "
                f"score.{refused} Cost, measured: modalities {res['ms']:.0f} ms ({res['forwards']} forwards); "
-               f"per-element maps {el_ms:.0f} ms ({el_ev} inputs scored in {el_fw} forwards, up to {ATTR_BATCH} "
-               "per forward).")
+               f"per-element maps {el_ms:.0f} ms ({el_ev} inputs scored in {el_fw} forwards).")
     cols = st.columns(len(res["modalities"]))
     for col, m, name in zip(cols, res["modalities"], names):
         e = res["elements"][m]
