@@ -24,6 +24,11 @@ keep vector, one entry per element (RGB-D: a cell of a grid over the image or th
 crop, an audio window, a word piece). Ablating an element = RGB cell -> the image's mean colour, depth cell -> 0
 (what the models see for missing depth), face crop / audio window -> masked out, word piece -> ``[PAD]`` and
 masked out. The value is ``score(all) - score(element ablated)``: positive = the element supported the class.
+``batch=B`` scores B ablated inputs per forward (stacked into one batch): the same values, fewer model calls.
+
+**Picking the class on the image** (:func:`picked_class`): the RGB-D pages draw the prediction with a grid of
+clickable points (:func:`picker_grid`); the point a click selects gives the pixel, and the class predicted there is
+the one explained.
 """
 from __future__ import annotations
 
