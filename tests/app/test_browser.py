@@ -225,7 +225,10 @@ def test_attribution_class_picked_by_a_click(server, tmp_path):
             assert 60 <= x <= 130 and 130 <= y <= 200, (x, y)  # near where the click landed (0.3, 0.7)
             _wait_idle(page)
             listed = page.locator('[data-testid="stSelectbox"]').filter(has_text="pick the class from the list")
-            assert f"{name} (" in listed.first.inner_text(), listed.first.inner_text()
+            inputs = listed.first.locator("input")  # the shown choice: text, or the combobox input's value
+            shown = listed.first.inner_text() + " " + " ".join(inputs.nth(k).input_value() or ""
+                                                               for k in range(inputs.count()))
+            assert f"{name} (" in shown, shown
             page.get_by_text(f"of the {name} score").first.wait_for()
             _no_errors(page)
             page.screenshot(path=str(tmp_path / "attribution_click.png"), full_page=True)
