@@ -24,6 +24,11 @@ keep vector, one entry per element (RGB-D: a cell of a grid over the image or th
 crop, an audio window, a word piece). Ablating an element = RGB cell -> the image's mean colour, depth cell -> 0
 (what the models see for missing depth), face crop / audio window -> masked out, word piece -> ``[PAD]`` and
 masked out. The value is ``score(all) - score(element ablated)``: positive = the element supported the class.
+``batch=B`` scores B ablated inputs per forward (stacked into one batch): the same values, fewer model calls.
+
+**Picking the class on the image** (:func:`picked_class`): the RGB-D pages draw the prediction with a grid of
+clickable points (:func:`picker_grid`); the point a click selects gives the pixel, and the class predicted there is
+the one explained.
 """
 from __future__ import annotations
 
@@ -52,6 +57,15 @@ class ScoreSpec:
     fn: Score
     empty: float
     label: str  # what it scores, e.g. "sofa" or "happy"
+    rows: Callable[[FusionOutput], torch.Tensor] | None = None  # the score of each input of a batch: (B,)
+
+    def batch(self, out: FusionOutput, n: int) -> torch.Tensor:
+        """The ``n`` scores of a batched output (``rows``; without it only a batch of one can be scored)."""
+        if self.rows is not None:
+            return self.rows(out).reshape(n)
+        if n != 1:
+            raise FusionError("this score explains a batch of one only (it has no per-row form)")
+        return self.fn(out).reshape(1)
 
 
 def clip_score(out_or_classes: int, cls: int, label: str = "") -> ScoreSpec:
@@ -60,10 +74,13 @@ def clip_score(out_or_classes: int, cls: int, label: str = "") -> ScoreSpec:
     if not 0 <= int(cls) < n:
         raise FusionError(f"unknown class {cls}: the model has {n} classes")
 
-    def fn(out: FusionOutput) -> torch.Tensor:
-        return torch.log_softmax(out.logits.float(), 1)[0, int(cls)]
+    def rows(out: FusionOutput) -> torch.Tensor:
+        return torch.log_softmax(out.logits.float(), 1)[:, int(cls)]
 
-    return ScoreSpec(fn, math.log(1.0 / n), label or str(cls))
+    def fn(out: FusionOutput) -> torch.Tensor:
+        return rows(out)[0]
+
+    return ScoreSpec(fn, math.log(1.0 / n), label or str(cls), rows)
 
 
 def rgbd_score(num_classes: int, cls: int, mask: torch.Tensor | np.ndarray, label: str = "") -> ScoreSpec:
@@ -75,13 +92,16 @@ def rgbd_score(num_classes: int, cls: int, mask: torch.Tensor | np.ndarray, labe
     if m.dim() != 2 or not bool(m.any()):
         raise FusionError("the class mask must be a non-empty (H, W) boolean map")
 
-    def fn(out: FusionOutput) -> torch.Tensor:
-        lp = torch.log_softmax(out.logits.float(), 1)[0, int(cls)]
-        if lp.shape != m.shape:
-            raise FusionError(f"class mask {tuple(m.shape)} does not match the prediction {tuple(lp.shape)}")
-        return lp[m].mean()
+    def rows(out: FusionOutput) -> torch.Tensor:
+        lp = torch.log_softmax(out.logits.float(), 1)[:, int(cls)]
+        if lp.shape[1:] != m.shape:
+            raise FusionError(f"class mask {tuple(m.shape)} does not match the prediction {tuple(lp.shape[1:])}")
+        return lp[:, m].mean(1)
 
-    return ScoreSpec(fn, math.log(1.0 / n), label or str(cls))
+    def fn(out: FusionOutput) -> torch.Tensor:
+        return rows(out)[0]
+
+    return ScoreSpec(fn, math.log(1.0 / n), label or str(cls), rows)
 
 
 def _check(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor]) -> tuple[str, ...]:
@@ -203,7 +223,17 @@ class ElementAttribution:
     values: np.ndarray  # RGB-D: (rows, cols) grid; clips: (N,)
     labels: list[str] = field(default_factory=list)  # clips: each element's name (time, word piece)
     ms: float = 0.0
-    forwards: int = 0  # model forwards (the full input once, then one per element)
+    forwards: int = 0  # model calls (batch = 1: the full input once, then one per element)
+    evaluations: int = 0  # inputs scored (the full one and each ablated one), whatever the batching
+    batch: int = 1  # ablated inputs per model call
+
+
+def stack_inputs(items: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Inputs of batch one with the same keys and shapes, as one batch (concatenated along dimension 0)."""
+    keys = list(items[0])
+    if any(list(x) != keys for x in items[1:]):
+        raise FusionError("inputs of a batch must give the same modalities")
+    return {k: torch.cat([x[k] for x in items], 0) for k in keys}
 
 
 def _grid_groups(h: int, w: int, rows: int, cols: int) -> torch.Tensor:
@@ -267,38 +297,129 @@ def _elements(inputs: Mapping[str, torch.Tensor], modality: str, grid: tuple[int
 
 def element_attribution(model: torch.nn.Module, inputs: Mapping[str, torch.Tensor], modality: str,
                         score: ScoreSpec | None = None, *, grid: tuple[int, int] = (8, 8), window_s: float = 0.25,
-                        pieces: Sequence[str] | None = None, **options: object) -> ElementAttribution:
+                        pieces: Sequence[str] | None = None, batch: int = 1, **options: object) -> ElementAttribution:
     """captum :class:`~captum.attr.FeatureAblation` of the elements of ``modality`` (see the module text).
-    ``grid``: RGB-D cells (rows, cols); ``window_s``: audio window; ``pieces``: the word pieces, for labels."""
+    ``grid``: RGB-D cells (rows, cols); ``window_s``: audio window; ``pieces``: the word pieces, for labels.
+
+    ``batch``: ablated inputs per model call (captum's ``perturbations_per_eval``): they are stacked into one
+    batch, so one forward scores several ablations; the values equal the unbatched ones up to float rounding
+    (every model of both tasks treats the inputs of a batch independently; a DynMM gate routes each one to its
+    own branch). An ablation that removes the whole modality (its only element) changes which inputs are
+    given and runs on its own."""
     from captum.attr import FeatureAblation
 
     present = _check(model, inputs)
     if modality not in present:
         raise FusionError(f"{modality!r} is not present: present are {', '.join(present)}")
+    if int(batch) < 1:
+        raise FusionError(f"batch must be at least 1, got {batch}")
     t0 = time.perf_counter()
     score = score or default_score(model, inputs, **options)
+    if score.rows is None:
+        batch = 1
     n, build, labels, shape = _elements(inputs, modality, grid, window_s, pieces)
     if n == 0:
         raise FusionError(f"{modality!r} has no element to attribute")
-    count = [0]
+    count = {"forwards": 0, "evaluations": 0}
+
+    def run(items: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        with torch.no_grad():
+            out = model(items[0] if len(items) == 1 else stack_inputs(items), **options)
+        count["forwards"] += 1
+        count["evaluations"] += len(items)
+        return score.batch(out, len(items)).double()
 
     def forward(keep: torch.Tensor) -> torch.Tensor:  # (B, N) keep -> (B,) scores
-        vals = []
-        for row in keep:
+        vals = torch.full((keep.shape[0],), float(score.empty), dtype=torch.float64)
+        stacked, idx = [], []
+        for i, row in enumerate(keep):
             x = build(row > 0.5)
-            if x is None:
+            if x is None:  # the modality's last element: the modality is left out
                 x = subset_inputs(inputs, [m for m in present if m != modality])
-            if not any(x.get(m) is not None for m in MODALITIES):
-                vals.append(float(score.empty))
+                if any(x.get(m) is not None for m in MODALITIES):
+                    vals[i] = run([x])[0]
                 continue
-            with torch.no_grad():
-                vals.append(float(score.fn(model(x, **options))))
-            count[0] += 1
-        return torch.tensor(vals, dtype=torch.float64)
+            stacked.append(x)
+            idx.append(i)
+        if stacked:
+            vals[torch.tensor(idx)] = run(stacked)
+        return vals
 
-    attr = FeatureAblation(forward).attribute(torch.ones(1, n, dtype=torch.float64), baselines=0.0)[0]
+    attr = FeatureAblation(forward).attribute(torch.ones(1, n, dtype=torch.float64), baselines=0.0,
+                                              perturbations_per_eval=int(batch))[0]
     return ElementAttribution(modality, attr.numpy().reshape(shape), labels, (time.perf_counter() - t0) * 1e3,
-                              count[0])
+                              count["forwards"], count["evaluations"], int(batch))
+
+
+# --------------------------------------------------------------------------- the class a click picks (RGB-D)
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A pixel clicked on an RGB-D prediction and the class predicted there."""
+
+    cls: int
+    row: int  # y, in pixels of the prediction map
+    col: int  # x
+
+
+def _points(selection: object) -> list:
+    """The selected points of a Streamlit ``plotly_chart`` event, of its ``selection``, or a list of points."""
+    if selection is None:
+        return []
+    if isinstance(selection, Mapping):
+        if "selection" in selection:
+            return _points(selection["selection"])
+        return list(selection.get("points") or [])
+    if isinstance(selection, (list, tuple)):
+        return list(selection)
+    return []
+
+
+def _pixel(point: object, shape: tuple[int, int]) -> tuple[int, int] | None:
+    """(row, col) of one selected point: its ``customdata`` [row, col] when given, else its rounded (y, x)."""
+    if not isinstance(point, Mapping):
+        return None
+    h, w = shape
+    custom = point.get("customdata")
+    try:
+        if isinstance(custom, (list, tuple)) and len(custom) >= 2:
+            r, c = int(custom[0]), int(custom[1])
+        else:
+            x, y = float(point["x"]), float(point["y"])
+            if not (math.isfinite(x) and math.isfinite(y)):
+                return None
+            r, c = int(round(y)), int(round(x))
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (r, c) if 0 <= r < h and 0 <= c < w else None
+
+
+def picked_class(selection: object, labels: np.ndarray | torch.Tensor) -> Pick | None:
+    """The class predicted at the pixel a user clicked on a prediction map drawn with x = column and y = row
+    in pixels of ``labels`` (H, W) (the shown prediction's class per pixel). ``selection``: what Streamlit's
+    ``st.plotly_chart(..., on_select=...)`` returns (or keeps under its key), its ``selection``, or a list of
+    points. The last selected point that lies on the map counts (a click selects one; a box several: the last);
+    None when nothing usable is selected."""
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise FusionError(f"the label map must be (H, W), got {lab.shape}")
+    for point in reversed(_points(selection)):
+        px = _pixel(point, lab.shape)
+        if px is not None:
+            return Pick(int(lab[px]), *px)
+    return None
+
+
+def picker_grid(shape: tuple[int, int], target: int = 2400) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column (flat arrays) of the clickable points over an (H, W) map: a regular grid of about
+    ``target`` points, each at the centre of its cell."""
+    h, w = shape
+    step = max(1, math.ceil(math.sqrt(h * w / max(1, target))))
+    rows = np.arange(step // 2, h, step)
+    cols = np.arange(step // 2, w, step)
+    rr, cc = np.meshgrid(rows, cols, indexing="ij")
+    return rr.ravel(), cc.ravel()
 
 
 # --------------------------------------------------------------------------- words

@@ -4,6 +4,7 @@
     python -m fusion.bench --size 480 640 --repeats 20
     python -m fusion.bench --app                 # time each app page's first render, cold and warm
     python -m fusion.bench --app --pages home rgbd --repeats 3 --json app_bench.json
+    python -m fusion.bench attribution --readme README.md   # "Which modality drove this prediction?" cost
 
 Per model and variant (DynMM: each branch; sparse: config pooling vs dense; DEQ: each solver; adapters: each
 subset, unmerged and merged): measured FLOPs (FlopCounterMode), median/min CPU wall time after
@@ -19,6 +20,13 @@ count (the interpreter and Streamlit start-up before the first render are report
 ``startup_s``: a running server has paid them already). **warm**: the same steps again in a new session of
 the same process (caches filled), median of ``--repeats``. The issue's targets (at most 10 s cold and
 2 s warm per page on a 2-core machine) are printed next to the numbers, never asserted.
+
+``attribution``: the cost of "Which modality drove this prediction?" (:mod:`fusion.attribution`): the exact
+Shapley values over the modalities and the per-element maps, for shipped RGB-D models on a synthetic 240x320
+frame (6x8 cells) and shipped clip models on a synthetic clip (random face crops, 2.4 s of noise log-mel, a
+12-word sentence; no data needed), with one thread and torch's default, the maps with one ablated input per
+forward and with several per forward (the values compared in the run). Interleaved rounds after a warm-up;
+``--readme`` writes ``assets/figures/attribution_bench.json`` and the README block ``results:attribution_bench``.
 """
 from __future__ import annotations
 
@@ -350,7 +358,231 @@ def bench_clips(names: Sequence[str], repeats: int, *, untrained: bool = False) 
     return rows
 
 
+# --------------------------------------------------------------------------- attribution cost (attribution)
+
+ATTR_JSON = ROOT / "assets" / "figures" / "attribution_bench.json"
+ATTR_RGBD = ("static_rgbd", "dynmm_rgbd_b2")  # shipped models the attribution bench runs by default
+ATTR_CLIPS = ("late_clips", "dynmm_clips_l0p2")
+ATTR_BATCHES = (1, 4)  # ablated inputs per forward: unbatched, and batched as the clip pages run them
+ATTR_GRID = (6, 8)  # the RGB-D pages' grid of cells
+ATTR_SENTENCE = "oh my god i can not believe you did that to me"  # 12 words
+ATTR_FACES = 6  # face crops of the synthetic clip
+ATTR_AUDIO_S = 2.4  # seconds of noise log-mel
+
+
+def attribution_frame(size: tuple[int, int] = (240, 320)) -> dict[str, torch.Tensor]:
+    """The RGB-D input of the attribution bench: :func:`synthetic_upload` (a photo-like frame with a box, its
+    depth in metres) at the model's input size."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from fusion import inference
+
+    rgb_png, depth_png = synthetic_upload()
+    rgb = np.asarray(Image.open(io.BytesIO(rgb_png)).convert("RGB"))
+    depth_m = np.asarray(Image.open(io.BytesIO(depth_png))).astype(np.float32) / 25.5
+    return inference.to_tensors(rgb, depth_m, tuple(size))
+
+
+def attribution_clip(model: torch.nn.Module, seed: int = 0) -> dict[str, torch.Tensor]:
+    """The clip of the attribution bench, no data needed: :data:`ATTR_FACES` random face crops, :data:`ATTR_AUDIO_S`
+    s of noise log-mel (10 ms frames), a sentence of 12 words."""
+    import torch
+
+    from fusion.types import AUDIO, FACE, TEXT
+
+    g = torch.Generator().manual_seed(seed)
+    frames = int(round(ATTR_AUDIO_S * 100))
+    ids, mask = model.encoders[TEXT].tokenize([ATTR_SENTENCE])
+    return {FACE: torch.rand(1, ATTR_FACES, 1, 48, 48, generator=g),
+            "face_mask": torch.ones(1, ATTR_FACES, dtype=torch.bool),
+            AUDIO: torch.randn(1, 64, frames, generator=g) * 15 - 45,
+            "audio_mask": torch.ones(1, frames, dtype=torch.bool), TEXT: ids, "text_mask": mask}
+
+
+def _class_name(model: torch.nn.Module, cls: int) -> str:
+    """The name of class ``cls`` of a clip (an emotion) or RGB-D (an NYUv2 class) model."""
+    from fusion.data import nyuv2
+    from fusion.data.emotion import EMOTIONS
+
+    n = int(getattr(getattr(model, "cfg", None), "num_classes", 0) or 0)
+    if getattr(model, "task", "") == "emotion_clips":
+        names = list(EMOTIONS)
+    else:
+        names = next((nyuv2.class_names(full) for full in (40, 13) if nyuv2.num_train_classes(full) == n), [])
+    return names[cls] if cls < len(names) else str(cls)
+
+
+def bench_attribution_one(name: str, model: torch.nn.Module, inputs: dict, input_text: str, *, threads: int,
+                          batches: Sequence[int], repeats: int, grid: tuple[int, int] = ATTR_GRID) -> list[dict]:
+    """One model on one input with ``threads`` intra-op threads: the exact Shapley values over the modalities
+    and the per-element maps of every present modality at each batch size, timed interleaved (one warm-up,
+    then ``repeats`` rounds). The maps of each batch size are checked against the unbatched ones."""
+    import numpy as np
+    import torch
+
+    from fusion import attribution
+    from fusion.compute import time_interleaved
+
+    torch.set_num_threads(threads)
+    model.eval()
+    score = attribution.default_score(model, inputs)
+    score = attribution.default_score(model, inputs, cls=int(score.label), label=_class_name(model, int(score.label)))
+    info: dict[str, dict] = {}
+
+    def shapley() -> None:
+        att = attribution.modality_shapley(model, inputs, score)
+        info["shapley"] = {"forwards": att.forwards, "evaluations": att.forwards,
+                           "modalities": list(att.modalities)}
+
+    def maps(batch: int) -> None:
+        mods = [m for m in attribution.MODALITIES if inputs.get(m) is not None]
+        els = [attribution.element_attribution(model, inputs, m, score, grid=grid, batch=batch) for m in mods]
+        info[f"maps {batch}"] = {"forwards": sum(e.forwards for e in els),
+                                 "evaluations": sum(e.evaluations for e in els),
+                                 "values": np.concatenate([np.ravel(e.values) for e in els])}
+
+    calls: dict[str, Any] = {"shapley": shapley}
+    calls.update({f"maps {b}": (lambda b=b: maps(b)) for b in batches})
+    with torch.no_grad():
+        times = time_interleaved(calls, warmup=1, repeats=repeats)
+    ref = info.get(f"maps {min(batches)}", {}).get("values")
+    rows = []
+    for label, t in times.items():
+        what, batch = ("shapley", 1) if label == "shapley" else ("maps", int(label.split()[1]))
+        row = {"model": name, "input": input_text, "what": what, "batch": batch, "threads": threads,
+               "median_ms": round(t.median_ms, 1), "q1_ms": round(t.q1_ms, 1), "q3_ms": round(t.q3_ms, 1),
+               "noisy": bool(t.noisy), "repeats": t.repeats, "forwards": info[label]["forwards"],
+               "evaluations": info[label]["evaluations"], "score": score.label}
+        if what == "maps" and ref is not None:
+            row["max_abs_diff_vs_unbatched"] = float(np.abs(info[label]["values"] - ref).max())
+        rows.append(row)
+    base = {r["threads"]: r["median_ms"] for r in rows if r["what"] == "maps" and r["batch"] == min(batches)}
+    for r in rows:
+        if r["what"] == "maps":
+            r["speedup_vs_unbatched"] = round(base[r["threads"]] / r["median_ms"], 2) if r["median_ms"] else None
+    return rows
+
+
+def bench_attribution(rgbd: Sequence[str], clips: Sequence[str], *, threads: Sequence[int], batches: Sequence[int],
+                      repeats: int, untrained: bool = False, size: tuple[int, int] = (240, 320),
+                      grid: tuple[int, int] = ATTR_GRID) -> list[dict]:
+    """:func:`bench_attribution_one` for each RGB-D model on :func:`attribution_frame` and each clip model on
+    :func:`attribution_clip`, at each thread count. ``untrained``: registry models, randomly initialised (the
+    clip encoders too), instead of the shipped checkpoints (for tests)."""
+    import torch
+
+    from fusion.checkpoints import load_checkpoint
+    from fusion.registry import create
+
+    torch.manual_seed(0)
+    models = []
+    for n in rgbd:
+        models.append((n, create(n, pretrained=False) if untrained else load_checkpoint(n)[0], "rgbd"))
+    for n in clips:
+        models.append((n, create(n, encoders=False) if untrained else load_checkpoint(n)[0], "clip"))
+    frame = attribution_frame(size)
+    rows = []
+    for name, model, kind in models:
+        if kind == "rgbd":
+            x, text = frame, f"RGB-D frame {size[0]}x{size[1]}, {grid[0]}x{grid[1]} cells"
+        else:
+            x = attribution_clip(model)
+            n_words = int(x["text_mask"].sum()) - 2
+            text = f"clip: {ATTR_FACES} face crops, {ATTR_AUDIO_S:g} s noise mel, {n_words} word pieces"
+        for t in threads:
+            print(f"[bench attribution] {name}, {t} thread(s) …", file=sys.stderr, flush=True)
+            for row in bench_attribution_one(name, model, x, text, threads=t, batches=batches, repeats=repeats,
+                                             grid=grid):
+                print(json.dumps(row), flush=True)
+                rows.append(row)
+    return rows
+
+
+def attribution_lines(rows: Sequence[dict], meta: dict) -> list[str]:
+    """The README block ``results:attribution_bench``: one row per model and thread count."""
+    batches = sorted({r["batch"] for r in rows if r["what"] == "maps"})
+    big = max(batches) if batches else 1
+
+    def cell(r: dict | None) -> str:
+        if r is None:
+            return "-"
+        return f"{'≈' if r['noisy'] else ''}{r['median_ms'] / 1e3:.2f} s ({r['forwards']} fw)"
+
+    lines = [f"| model | input | threads | Shapley over modalities | maps, 1 input / forward | maps, {big} / forward "
+             "| speed-up |", "|---|---|---|---|---|---|---|"]
+    keys = list(dict.fromkeys((r["model"], r["threads"]) for r in rows))
+    for model, t in keys:
+        mine = [r for r in rows if r["model"] == model and r["threads"] == t]
+        sh = next((r for r in mine if r["what"] == "shapley"), None)
+        one = next((r for r in mine if r["what"] == "maps" and r["batch"] == min(batches)), None)
+        many = next((r for r in mine if r["what"] == "maps" and r["batch"] == big), None)
+        speed = f"{many['speedup_vs_unbatched']:.2f}×" if many and many.get("speedup_vs_unbatched") else "-"
+        lines.append(f"| `{model}` | {mine[0]['input']} | {t} | {cell(sh)} | {cell(one)} | {cell(many)} | {speed} |")
+    lines.append("")
+    lines.append(f"Median of {meta['repeats']} interleaved rounds after one warm-up (≈: interquartile range over 20% "
+                 f"of the median, a busy machine); fw = model forwards. {meta['machine']}; load average "
+                 f"{meta['loadavg_before']} before the run. Written by `{meta['command']}` "
+                 f"(`assets/figures/attribution_bench.json`).")
+    return lines
+
+
+def replace_readme_block(readme: Path, tag: str, lines: Sequence[str]) -> None:
+    """Replace the README block between ``<!-- results:TAG -->`` and ``<!-- /results:TAG -->`` (appended when
+    missing)."""
+    import re
+
+    text = readme.read_text()
+    block = f"<!-- results:{tag} -->\n" + "\n".join(lines) + f"\n<!-- /results:{tag} -->"
+    new, n = re.subn(rf"<!-- results:{tag} -->.*?<!-- /results:{tag} -->", lambda _: block, text, flags=re.S)
+    readme.write_text(new if n else text + "\n" + block + "\n")
+
+
+def attribution_main(argv: Sequence[str]) -> list[dict]:
+    """``python -m fusion.bench attribution``: the cost of "Which modality drove this prediction?"."""
+    import platform
+
+    import torch
+
+    p = argparse.ArgumentParser(prog="python -m fusion.bench attribution",
+                                description="Time the modality Shapley values and the per-element maps "
+                                            "(unbatched vs batched) on an RGB-D frame and a synthetic clip.")
+    p.add_argument("--rgbd", nargs="*", default=list(ATTR_RGBD), help="RGB-D checkpoints (none: skip RGB-D)")
+    p.add_argument("--clips", nargs="*", default=list(ATTR_CLIPS), help="clip checkpoints (none: skip clips)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="intra-op thread counts to run (default: 1 and torch's default on this machine)")
+    p.add_argument("--batches", type=int, nargs="+", default=list(ATTR_BATCHES),
+                   help="ablated inputs per forward for the maps (the smallest is the reference)")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--size", type=int, nargs=2, default=(240, 320), metavar=("H", "W"))
+    p.add_argument("--grid", type=int, nargs=2, default=ATTR_GRID, metavar=("ROWS", "COLS"))
+    p.add_argument("--untrained", action="store_true", help="registry models, randomly initialised (tests)")
+    p.add_argument("--json", metavar="PATH", help=f"write the rows (default with --readme: {ATTR_JSON.relative_to(ROOT)})")
+    p.add_argument("--readme", metavar="PATH", help="replace the results:attribution_bench block of this README")
+    a = p.parse_args(list(argv))
+    threads = a.threads or sorted({1, torch.get_num_threads()})
+    load = [round(x, 2) for x in os.getloadavg()]
+    rows = bench_attribution(a.rgbd, a.clips, threads=threads, batches=sorted(set(a.batches)), repeats=a.repeats,
+                             untrained=a.untrained, size=tuple(a.size), grid=tuple(a.grid))
+    meta = {"command": "python -m fusion.bench attribution " + " ".join(argv), "repeats": a.repeats,
+            "machine": f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}",
+            "loadavg_before": load, "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            "untrained": a.untrained, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    out = a.json or (str(ATTR_JSON) if a.readme else None)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1) + "\n")
+    if a.readme:
+        replace_readme_block(Path(a.readme), "attribution_bench", attribution_lines(rows, meta))
+    return rows
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["attribution"]:
+        return attribution_main(argv[1:])
     from fusion.tasks import get_task
     from fusion.train import task_of
 

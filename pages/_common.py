@@ -218,18 +218,27 @@ def inputs_digest(inputs: Mapping[str, Any]) -> str:
     return h.hexdigest()
 
 
+# ablated inputs per forward for the per-element maps, by the prediction's kind: measured with `python -m fusion.bench
+# attribution` on the 2-core CPU (README): a batch of clips is faster than one at a time; a batch of 240x320 RGB-D
+# frames is not (one frame already fills a core), so RGB-D ablations run one per forward
+ATTR_BATCH = {"clips": 4, "rgbd": 1}
+
+
 @st.cache_data(show_spinner=False, max_entries=32)
-def _predicted(_model: Any, model_key: str, digest: str, options: tuple, _inputs: Mapping[str, Any]) -> list:
-    """The classes of the shown prediction, most supported first: [(class, pixels or probability)]."""
+def _predicted(_model: Any, model_key: str, digest: str, options: tuple, _inputs: Mapping[str, Any]) -> dict:
+    """The shown prediction: ``ranked`` = its classes, most supported first [(class, pixels or probability)];
+    ``labels`` = the class of each pixel (H, W) uint16 for a 2-D prediction, else None."""
     import torch
 
     with torch.no_grad():
         lg = _model(dict(_inputs), **dict(options)).logits
     if lg.dim() == 2:
         p = torch.softmax(lg.float(), 1)[0]
-        return [(int(i), float(p[i])) for i in p.argsort(descending=True)]
-    counts = torch.bincount(lg.argmax(1)[0].flatten(), minlength=lg.shape[1])
-    return [(int(i), int(counts[i])) for i in counts.argsort(descending=True) if int(counts[i]) > 0]
+        return dict(ranked=[(int(i), float(p[i])) for i in p.argsort(descending=True)], labels=None)
+    labels = lg.argmax(1)[0]
+    counts = torch.bincount(labels.flatten(), minlength=lg.shape[1])
+    return dict(ranked=[(int(i), int(counts[i])) for i in counts.argsort(descending=True) if int(counts[i]) > 0],
+                labels=labels.numpy().astype(np.uint16))
 
 
 @st.cache_data(show_spinner=False, max_entries=32)
@@ -241,11 +250,13 @@ def _attribution(_model: Any, model_key: str, digest: str, cls: int, options: tu
     opts = dict(options)
     score = attribution.default_score(_model, _inputs, cls=cls, label=label, **opts)
     att = attribution.modality_shapley(_model, _inputs, score, **opts)
+    batch = ATTR_BATCH["rgbd" if getattr(_model, "task", "") == "rgbd_seg" else "clips"]
     elements = {}
     for m in att.modalities:
-        e = attribution.element_attribution(_model, _inputs, m, score, grid=grid, pieces=pieces, **opts)
+        e = attribution.element_attribution(_model, _inputs, m, score, grid=grid, pieces=pieces, batch=batch,
+                                            **opts)
         elements[m] = dict(values=np.asarray(e.values, dtype=float), labels=list(e.labels), ms=e.ms,
-                           forwards=e.forwards)
+                           forwards=e.forwards, evaluations=e.evaluations)
     return dict(modalities=list(att.modalities), phi=att.phi, base=att.base, full=att.full, ms=att.ms,
                 forwards=att.forwards, refused=[list(r) for r in att.refused],
                 sentence=attribution.share_sentence(att), elements=elements,
@@ -260,6 +271,8 @@ def show_modality_attribution(model: Any, model_key: str, inputs: Mapping[str, A
     it on (it costs 2^M - 1 forwards for the modalities, one per element for the maps; cached per model, input
     digest, class and options): the exact Shapley value of each modality (bar chart), a plain sentence, the
     measured cost, and per-element maps (a 2-D grid drawn over ``image``; a 1-D sequence as bars).
+    A 2-D prediction (RGB-D) with an ``image`` of its size: the class to explain is picked by clicking a pixel
+    of the prediction drawn over ``image`` (or from the list of predicted classes; the two stay in step).
     ``options``: the model's per-call settings. Errors are shown, never raised."""
     if not st.toggle(ATTR_LABEL, value=False, key=f"{key}_attr_on",
                      help="Exact Shapley values of the modalities (every subset is run) and, within each modality, "
@@ -271,6 +284,63 @@ def show_modality_attribution(model: Any, model_key: str, inputs: Mapping[str, A
                  element_names=dict(element_names or {}), what="The attribution")
 
 
+def _picker_figure(labels: np.ndarray, image: Any, class_names: Sequence[str], point: Mapping | None) -> Any:
+    """The prediction over the photo with a grid of clickable (invisible) points, each carrying its pixel
+    (row, col) and the class predicted there; the picked pixel marked."""
+    import plotly.graph_objects as go
+
+    from fusion.attribution import picker_grid
+
+    img = np.asarray(image)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, -1)
+    if img.shape[:2] != labels.shape:
+        raise FusionError(f"the picture {img.shape[:2]} does not match the prediction {labels.shape}")
+    rows, cols = picker_grid(labels.shape)
+    names = np.asarray([str(class_names[int(c)]) if int(c) < len(class_names) else str(int(c))
+                        for c in range(int(labels.max()) + 1)])
+    data = [go.Image(z=viz.overlay(img, labels, 0.45), hoverinfo="skip"),
+            go.Scatter(x=cols, y=rows, mode="markers", customdata=np.stack([rows, cols], 1),
+                       text=names[labels[rows, cols]], hovertemplate="%{text}<br>x=%{x}, y=%{y}<extra></extra>",
+                       marker=dict(size=7, color="rgba(0,0,0,0)"), showlegend=False, name="pixels",
+                       selected=dict(marker=dict(color="rgba(0,0,0,0)")),
+                       unselected=dict(marker=dict(opacity=0)))]
+    if point is not None:
+        data.append(go.Scatter(x=[point["col"]], y=[point["row"]], mode="markers", hoverinfo="skip",
+                               showlegend=False, name="picked",
+                               marker=dict(symbol="x-thin", size=16, line=dict(width=3, color="white"))))
+    fig = go.Figure(data)
+    h, w = labels.shape
+    fig.update_layout(height=320, margin=dict(l=0, r=0, t=0, b=0), clickmode="event+select", dragmode=False,
+                      xaxis=dict(visible=False, range=[-0.5, w - 0.5], constrain="domain"),
+                      yaxis=dict(visible=False, range=[h - 0.5, -0.5], scaleanchor="x", constrain="domain"))
+    return fig
+
+
+def _class_picker(labels: np.ndarray, image: Any, class_names: Sequence[str], *, key: str, digest: str,
+                  point: Mapping | None) -> None:
+    """Click the prediction to pick the class to explain: the click's pixel goes through
+    :func:`fusion.attribution.picked_class` into the class list's state (so the list shows it) and the picked
+    point is kept (marked on the figure); choosing from the list forgets the point."""
+    from fusion.attribution import picked_class
+
+    pick_key, cls_key, point_key = f"{key}_attr_pick", f"{key}_attr_class", f"{key}_attr_point"
+
+    def on_pick() -> None:
+        p = picked_class(st.session_state.get(pick_key), labels)
+        if p is None:
+            return
+        st.session_state[cls_key] = p.cls
+        st.session_state[point_key] = {"digest": digest, "row": p.row, "col": p.col, "cls": p.cls}
+
+    st.markdown("**Click the prediction** to explain the class predicted at that pixel.")
+    st.plotly_chart(_picker_figure(labels, image, class_names, point), key=pick_key, on_select=on_pick,
+                    selection_mode=("points",), width="stretch", config={"displayModeBar": False})
+    if point is not None:
+        st.caption(f"Picked pixel x = {point['col']}, y = {point['row']} (of {labels.shape[1]}×{labels.shape[0]}): "
+                   f"**{class_names[point['cls']]}**.")
+
+
 def _show_attribution(model: Any, model_key: str, inputs: Mapping[str, Any], *, class_names: Sequence[str], key: str,
                       options: dict, image: Any, pieces: Sequence[str] | None, grid: tuple[int, int],
                       element_names: dict) -> None:
@@ -278,14 +348,24 @@ def _show_attribution(model: Any, model_key: str, inputs: Mapping[str, Any], *, 
 
     digest = inputs_digest(inputs)
     opts = tuple(sorted(options.items()))
-    ranked = _predicted(model, model_key, digest, opts, inputs)
+    pred = _predicted(model, model_key, digest, opts, inputs)
+    ranked = pred["ranked"]
     if not ranked:
         raise FusionError("the model predicted nothing to explain")
     by_cls = {c: v for c, v in ranked}
-    pixels = not isinstance(ranked[0][1], float)
-    cls = st.selectbox("Explain the score of", [c for c, _ in ranked], key=f"{key}_attr_class",
+    pixels = pred["labels"] is not None
+    cls_key, point_key = f"{key}_attr_class", f"{key}_attr_point"
+    point = st.session_state.get(point_key)
+    if not (isinstance(point, Mapping) and point.get("digest") == digest and point.get("cls") in by_cls):
+        point = None  # a pick on another input (or none)
+    picker = pixels and image is not None
+    if picker:
+        _class_picker(pred["labels"], image, class_names, key=key, digest=digest, point=point)
+    cls = st.selectbox("… or pick the class from the list" if picker else "Explain the score of",
+                       [c for c, _ in ranked], key=cls_key,
                        format_func=lambda c: (f"{class_names[c]} ({by_cls[c]:,} px)" if pixels
                                               else f"{class_names[c]} (p = {by_cls[c] * 100:.0f}%)"),
+                       on_change=lambda: st.session_state.pop(point_key, None),
                        help="The class whose score is explained. " + (
                            "Score: mean log-probability of the class over the pixels predicted as it." if pixels else
                            "Score: log-probability of the emotion."))
@@ -301,13 +381,14 @@ def _show_attribution(model: Any, model_key: str, inputs: Mapping[str, Any], *, 
     st.plotly_chart(fig, key=f"{key}_attr_bars", width="stretch")
     el_ms = sum(e["ms"] for e in res["elements"].values())
     el_fw = sum(e["forwards"] for e in res["elements"].values())
+    el_ev = sum(e.get("evaluations", e["forwards"]) for e in res["elements"].values())
     refused = (" Subsets the model cannot run on (" + "; ".join(" + ".join(r) for r in res["refused"])
                + ") count as no evidence." if res["refused"] else "")
     st.caption(f"Exact Shapley values over every subset of the modalities: they sum to the score with everything "
                f"({res['full']:.2f}) minus the score of a uniform prediction ({res['base']:.2f} = log 1/C), the "
                f"value given to no modality. Shares are |value| of the total movement; a negative value lowered the "
                f"score.{refused} Cost, measured: modalities {res['ms']:.0f} ms ({res['forwards']} forwards); "
-               f"per-element maps {el_ms:.0f} ms ({el_fw} forwards).")
+               f"per-element maps {el_ms:.0f} ms ({el_ev} inputs scored in {el_fw} forwards).")
     cols = st.columns(len(res["modalities"]))
     for col, m, name in zip(cols, res["modalities"], names):
         e = res["elements"][m]

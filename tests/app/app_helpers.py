@@ -59,3 +59,32 @@ def upload_rgbd(at, prefix: str, depth: bool = True, seed: int = 0):
         ups[f"{prefix}_depth_file"].set_value(("depth.png", png_bytes(depth8), "image/png"))
     at.run()
     return at
+
+
+def plotly_chart(at, key: str):
+    """The ``st.plotly_chart`` element of ``key`` (AppTest has no typed element for it) and its figure (dict)."""
+    import json
+
+    hits = [c for c in at.get("plotly_chart") if c.key == key]
+    assert hits, f"no plotly chart with key {key!r}"
+    return hits[0], json.loads(hits[0].proto.spec)
+
+
+def select_plotly_points(at, key: str, points: list[dict]):
+    """Rerun as the browser does after a click on the ``key`` chart (``on_select``): AppTest cannot click a plotly
+    chart, so the selection event is sent the way the frontend sends it — the chart's widget state set to
+    ``{"selection": {"points": …}}`` as a JSON string — along with every other widget's current value (AppTest's private
+    ``_run``: the one way to hand it a widget state it has no setter for)."""
+    import json
+
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    chart, _fig = plotly_chart(at, key)
+    states = at._tree.get_widget_states()
+    selection = {"points": points, "point_indices": [p.get("point_index", i) for i, p in enumerate(points)],
+                 "box": [], "lasso": []}
+    ws = WidgetState(id=chart.proto.id, string_value=json.dumps({"selection": selection}))  # as the frontend sends it
+    kept = [w for w in states.widgets if w.id != chart.proto.id]
+    del states.widgets[:]
+    states.widgets.extend(kept + [ws])
+    return at._run(states)

@@ -192,3 +192,45 @@ def test_method_views_and_their_controls(server, tmp_path):
             browser.close()
     for name in ("sparse", "deq", "adapters"):
         assert (tmp_path / f"{name}.png").stat().st_size > 10_000
+
+
+def test_attribution_class_picked_by_a_click(server, tmp_path):
+    """RGB-D page: switch the attribution on, click a pixel of the prediction; the picked pixel and its class are
+    shown, the class list shows that class, and the explanation is about it."""
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = _open_with_upload(browser, server + "/rgbd", tmp_path, "RGB-D segmentation")
+            page.get_by_text("Decision:").first.wait_for()
+            _wait_idle(page)
+            page.get_by_text("Which modality drove this prediction?").first.click()
+            page.get_by_text("Click the prediction").first.wait_for()
+            page.get_by_text("Exact Shapley values").first.wait_for()
+            _wait_idle(page)
+            # the picker: the plotly figure with the clickable grid of pixels
+            index = page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+                .findIndex(d => (d.data || []).some(t => t.name === 'pixels'))""")
+            assert index >= 0
+            plot = page.locator(".js-plotly-plot").nth(index)
+            plot.scroll_into_view_if_needed()
+            box = plot.locator(".nsewdrag").first.bounding_box()
+            page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.7)
+            page.mouse.click(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.7)
+            picked = page.locator('[data-testid="stCaptionContainer"]').filter(has_text="Picked pixel").first
+            picked.wait_for()
+            m = re.search(r"Picked pixel x = (\d+), y = (\d+) \(of 320×240\): (.+)\.", picked.inner_text())
+            assert m, picked.inner_text()
+            x, y, name = int(m.group(1)), int(m.group(2)), m.group(3).strip()
+            assert 60 <= x <= 130 and 130 <= y <= 200, (x, y)  # near where the click landed (0.3, 0.7)
+            _wait_idle(page)
+            listed = page.locator('[data-testid="stSelectbox"]').filter(has_text="pick the class from the list")
+            inputs = listed.first.locator("input")  # the shown choice: text, or the combobox input's value
+            shown = listed.first.inner_text() + " " + " ".join(inputs.nth(k).input_value() or ""
+                                                               for k in range(inputs.count()))
+            assert f"{name} (" in shown, shown
+            page.get_by_text(f"of the {name} score").first.wait_for()
+            _no_errors(page)
+            page.screenshot(path=str(tmp_path / "attribution_click.png"), full_page=True)
+        finally:
+            browser.close()

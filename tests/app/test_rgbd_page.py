@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import ROOT, SHARED_NYUV2, png_bytes, shared_data_present, synthetic_rgbd
+from app_helpers import (ROOT, SHARED_NYUV2, plotly_chart, png_bytes, select_plotly_points, shared_data_present,
+                         synthetic_rgbd)
 from fusion.data.upload import DEPTH_UNITS
 
 TIMEOUT = 120  # seconds per script run; the machine is small and shared
@@ -354,3 +355,52 @@ def test_rgbd_attribution_shows_the_sentence(app_cwd, no_data_env):
     if len(options) > 1:
         at.selectbox(key="rgbd_attr_class").select_index(1).run()
         _assert_clean(at)
+
+
+def _array(v) -> np.ndarray:
+    """A plotly JSON array: a list, or the typed form ({"dtype", "bdata", "shape"}) plotly writes for numpy."""
+    import base64
+
+    if isinstance(v, dict) and "bdata" in v:
+        a = np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+        return a.reshape([int(x) for x in str(v["shape"]).split(",")]) if "shape" in v else a
+    return np.asarray(v)
+
+
+def test_rgbd_attribution_class_picked_by_a_click(app_cwd, no_data_env):
+    """Clicking a pixel of the prediction explains the class predicted there: the list follows the click, the
+    picked pixel is shown; choosing from the list again forgets the point."""
+    rgb, depth8 = synthetic_rgbd()
+    at = _upload(_rgbd_page(), png_bytes(rgb), ("depth.png", png_bytes(depth8)), units="u8_nyu")
+    at.radio(key="rgbd_attr_model").set_value("Static fusion")
+    at.toggle(key="rgbd_attr_on").set_value(True).run()
+    _assert_clean(at)
+    assert "Click the prediction" in _texts(at) and "Picked pixel" not in _texts(at)
+    _chart, fig = plotly_chart(at, "rgbd_attr_pick")
+    grid = next(t for t in fig["data"] if t.get("name") == "pixels")
+    xs, ys, where = _array(grid["x"]), _array(grid["y"]), [str(t) for t in _array(grid["text"])]
+
+    def shown() -> str:  # the class the list shows, without its pixel count
+        box = at.selectbox(key="rgbd_attr_class")
+        return box.options[box.index].rsplit(" (", 1)[0]
+
+    before = shown()
+    # a point predicted as another class than the one explained now (the first one when all agree)
+    i = next((j for j, t in enumerate(where) if t != before), 0)
+    point = {"curve_number": 1, "point_number": i, "point_index": i, "x": float(xs[i]), "y": float(ys[i])}
+    select_plotly_points(at, "rgbd_attr_pick", [point])
+    _assert_clean(at)
+    assert shown() == where[i]  # the list follows the click
+    text = _texts(at)
+    assert f"Picked pixel x = {int(xs[i])}, y = {int(ys[i])}" in text and f"**{where[i]}**" in text
+    assert f"of the {where[i]} score" in text or "No modality moved" in text  # the sentence explains that class
+    _chart, fig = plotly_chart(at, "rgbd_attr_pick")
+    marks = [t for t in fig["data"] if t.get("name") == "picked"]
+    assert marks and float(_array(marks[0]["x"])[0]) == float(xs[i])
+    # back to the list: the point is forgotten
+    box = at.selectbox(key="rgbd_attr_class")
+    others = [k for k in range(len(box.options)) if k != box.index]
+    if others:
+        box.select_index(others[0]).run()
+        _assert_clean(at)
+        assert "Picked pixel" not in _texts(at) and shown() != where[i]

@@ -164,3 +164,142 @@ def test_errors():
         rgbd_score(3, 0, np.zeros((2, 2), bool))
     with pytest.raises(FusionError):
         default_score(model("static_rgbd"), rgbd_inputs(), cls=99)
+
+
+# --------------------------------------------------------------------------- batched per-element maps
+
+
+def close(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.allclose(a, b, rtol=1e-4, atol=1e-6))
+
+
+@pytest.mark.parametrize("name", ["static_rgbd", "dynmm_rgbd", "sparse_rgbd", "deq_rgbd"])
+def test_batched_rgbd_maps_equal_unbatched(name):
+    m, x = model(name), rgbd_inputs()
+    score = default_score(m, x)
+    for mod in (RGB, DEPTH):
+        one = element_attribution(m, x, mod, score, grid=(3, 4))
+        many = element_attribution(m, x, mod, score, grid=(3, 4), batch=5)
+        assert close(one.values, many.values), (mod, one.values, many.values)
+        assert (one.forwards, one.evaluations, one.batch) == (13, 13, 1)
+        assert (many.forwards, many.evaluations, many.batch) == (1 + 3, 13, 5)  # 12 cells in batches of 5
+
+
+@pytest.mark.parametrize("name", ["late_clips", "concat_clips", "dynmm_clips"])
+def test_batched_clip_bars_equal_unbatched(name):
+    m = model(name)
+    x = clip_inputs(m)
+    score = default_score(m, x)
+    moved = 0.0
+    for mod in (FACE, AUDIO, TEXT):
+        one = element_attribution(m, x, mod, score)
+        many = element_attribution(m, x, mod, score, batch=8)
+        assert close(one.values, many.values), (mod, one.values, many.values)
+        assert many.forwards == 2 and many.evaluations == one.evaluations == one.forwards
+        moved = max(moved, float(np.abs(one.values).max()))
+    assert moved > 1e-3  # the comparison is not between two maps of zeros
+
+
+def test_batch_with_the_modality_removed_runs_apart():
+    """A single face crop: ablating it leaves the face out, a different set of inputs, run on its own."""
+    m = model("concat_clips")
+    x = clip_inputs(m)
+    one = dict(x, **{FACE: x[FACE][:, :1], "face_mask": x["face_mask"][:, :1]})
+    score = default_score(m, one)
+    a = element_attribution(m, one, FACE, score)
+    b = element_attribution(m, one, FACE, score, batch=4)
+    assert close(a.values, b.values) and b.evaluations == 2
+    with pytest.raises(FusionError):
+        element_attribution(m, one, FACE, score, batch=0)
+
+
+class _Recorder(torch.nn.Module):
+    """Runs a model and records the branch each input of each call took."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.calls: list[list[int]] = []
+
+    def forward(self, x, **kw):
+        out = self.net(x, **kw)
+        self.calls.append(out.gate.branch.tolist())
+        return out
+
+
+class _HoleGate(torch.nn.Module):
+    """RGB-D gate stand-in: the branch follows the column of the first depth hole (no hole: the last branch),
+    so the ablated depth cells of one batch take different branches."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, rgb_feat, depth, valid):
+        cols = (~valid.bool()).flatten(1, -2).any(1)  # (B, W): a hole in that column
+        w = cols.shape[1]
+        first = torch.where(cols.any(1), cols.float().argmax(1) * (self.k - 1) // w,
+                            torch.full_like(cols[:, 0], self.k - 1, dtype=torch.long))
+        return torch.nn.functional.one_hot(first, self.k).float() * 10
+
+
+class _TextGate(torch.nn.Module):
+    """Clip gate stand-in: the branch follows the position of the first word piece masked out (none: the last
+    branch)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.k = k
+
+    def forward(self, enc):
+        off = ~enc[TEXT].mask.bool()
+        k = torch.where(off.any(1), off.float().argmax(1) % self.k, torch.full_like(off[:, 0], self.k - 1,
+                                                                                  dtype=torch.long))
+        return torch.nn.functional.one_hot(k, self.k).float() * 10
+
+
+def test_gated_batches_whose_inputs_take_different_branches():
+    import copy
+
+    rgbd = copy.deepcopy(model("dynmm_rgbd"))
+    rgbd.gate = _HoleGate(rgbd.num_stages + 1)
+    clips = copy.deepcopy(model("dynmm_clips"))
+    clips.gate = _TextGate(len(clips.branches))
+    for net, x, mod, kw in [(rgbd, rgbd_inputs(), DEPTH, {"grid": (2, 4)}), (clips, clip_inputs(clips), TEXT, {})]:
+        rec = _Recorder(net)
+        score = default_score(rec, x)
+        one = element_attribution(rec, x, mod, score, **kw)
+        rec.calls.clear()
+        many = element_attribution(rec, x, mod, score, batch=16, **kw)
+        batched = [b for b in rec.calls if len(b) > 1]
+        assert batched and len(set(batched[0])) > 1, rec.calls  # one batch, several branches in it
+        assert close(one.values, many.values), (one.values, many.values)
+
+
+# --------------------------------------------------------------------------- the class a click picks
+
+
+def test_picked_class_from_a_plotly_selection():
+    from fusion.attribution import Pick, picked_class, picker_grid
+
+    labels = np.zeros((4, 6), np.uint16)
+    labels[1, 4] = 7
+    labels[3, 0] = 2
+    point = {"curve_number": 1, "point_index": 9, "x": 4, "y": 1}
+    event = {"selection": {"points": [point], "point_indices": [9], "box": [], "lasso": []}}
+    assert picked_class(event, labels) == Pick(7, 1, 4)  # the event as st.plotly_chart returns it
+    assert picked_class(event["selection"], labels) == Pick(7, 1, 4)  # its selection, or the points
+    assert picked_class([{"x": 4.4, "y": 0.6}], torch.as_tensor(labels.astype(np.int64))) == Pick(7, 1, 4)  # rounded
+    assert picked_class([{"x": 0, "y": 0, "customdata": [3, 0]}], labels) == Pick(2, 3, 0)  # customdata first
+    assert picked_class([point, {"x": 0, "y": 3}], labels) == Pick(2, 3, 0)  # the last point counts
+    assert picked_class([{"x": 0, "y": 3}, {"x": 6, "y": 0}], labels) == Pick(2, 3, 0)  # off the map: skipped
+    for nothing in (None, {}, {"selection": {"points": []}}, [{"x": "a", "y": 1}], [{"y": 1}], [{"x": -1, "y": 0}],
+                    [{"x": float("nan"), "y": 0}], "clicked"):
+        assert picked_class(nothing, labels) is None, nothing
+    with pytest.raises(FusionError):
+        picked_class(event, np.zeros(5))
+    rows, cols = picker_grid((240, 320))
+    assert len(rows) == len(cols) and 1500 <= len(rows) <= 2400
+    assert rows.min() >= 0 and rows.max() < 240 and cols.max() < 320
+    r, c = picker_grid((3, 5))
+    assert len(r) == 15  # a small map: every pixel
