@@ -161,7 +161,14 @@ def readme_lines(res: dict[str, Any]) -> list[str]:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
     from fusion.evaluate import _replace_block
+
+    if "--sparse-ablation" in (sys.argv[1:] if argv is None else argv):
+        from fusion.clip_sparse_eval import sparse_main
+
+        return sparse_main(argv)
 
     p = argparse.ArgumentParser(prog="python -m fusion.evaluate --task clips", description=__doc__.split("\n")[0])
     p.add_argument("--task", default="clips")
