@@ -25,12 +25,12 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from fusion.checkpoints import ASSETS, load_checkpoint
 from fusion.clip_train import pairing, scores
 from fusion.data.emotion import PAIRING_NOTE, log_mel
 from fusion.inference import clips_inputs
+from fusion.models.clip_sparse import counted_fusion
 from fusion.models.clips import CLIP_MODALITIES
 from fusion.types import FACE, TEXT, FusionError
 
@@ -43,20 +43,6 @@ def dense_tokens(enc: dict[str, Any]) -> int:
     """Modality tokens ``concat_clips`` feeds its transformer: one face token (the crops averaged), every
     speech frame token and every word piece."""
     return sum(1 if m == FACE else int(e.mask.sum()) for m, e in enc.items())
-
-
-def _counted(fn: Any) -> tuple[Any, float]:
-    """``fn()`` and its FLOPs. The fused inference kernel of ``nn.TransformerEncoderLayer`` (taken in eval mode
-    without gradients) is invisible to ``FlopCounterMode``, which would count ``concat_clips``' transformer
-    layers as zero FLOPs: it is switched off while counting, so the same layers run as separate, counted ops."""
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as fc:
-            out = fn()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
-    return out, float(fc.get_total_flops())
 
 
 @torch.no_grad()
@@ -91,7 +77,7 @@ def sparse_ablation(learned: str = "sparse_clips", *, dense: str = "concat_clips
         labels.append(int(item["label"]))
         inputs = clips_inputs(faces=item["face"][None], log_mel=log_mel(item["audio"]), text=item["text"],
                               tokenizer=tokenizer)
-        enc, fl = _counted(lambda: {m: model.encode(m, inputs) for m in CLIP_MODALITIES})
+        enc, fl = counted_fusion(lambda: {m: model.encode(m, inputs) for m in CLIP_MODALITIES})
         enc_flops.append(fl)
         dense_tok.append(dense_tokens(enc))
 
@@ -106,23 +92,23 @@ def sparse_ablation(learned: str = "sparse_clips", *, dense: str = "concat_clips
             for m, k in trace.kept_mask.items():
                 r["kept"].setdefault(m, []).append(int(k.sum()))
 
-        lg, fl = _counted(lambda: dense_model.fuse(enc))
+        lg, fl = counted_fusion(lambda: dense_model.fuse(enc))
         add("dense", lg, fl, model=dense, pool="none", keep_ratio=1.0, trained_with="dense")
         for r in (ratio, *[s for s in SWEEP if s != ratio]):
-            (lg, tr), fl = _counted(lambda: model.fuse_with(enc, keep_ratio=r))
+            (lg, tr), fl = counted_fusion(lambda: model.fuse_with(enc, keep_ratio=r))
             add(f"learned@{r:g}", lg, fl, tr, model=learned, pool=pool, keep_ratio=r, trained_with=pool)
-        (lg, tr), fl = _counted(lambda: model.fuse_with(enc, pool="none"))
+        (lg, tr), fl = counted_fusion(lambda: model.fuse_with(enc, pool="none"))
         add("learned, pooling off", lg, fl, tr, model=learned, pool="none", keep_ratio=1.0, trained_with=pool)
         for swap in ("random", "strided_random"):
             for s in range(RANDOM_SEEDS):
-                (lg, tr), fl = _counted(lambda: model.fuse_with(enc, pool=swap, seed=s))
+                (lg, tr), fl = counted_fusion(lambda: model.fuse_with(enc, pool=swap, seed=s))
                 add(f"learned, {swap} swapped in #{s}", lg, fl, tr, model=learned, pool=swap, keep_ratio=ratio,
                     trained_with=pool, seed=s)
         for nm, ctl in controls.items():
-            (lg, tr), fl = _counted(lambda: ctl.fuse_with(enc))
+            (lg, tr), fl = counted_fusion(lambda: ctl.fuse_with(enc))
             add(f"control {ctl.cfg.sparse.pool}", lg, fl, tr, model=nm, pool=ctl.cfg.sparse.pool,
                 keep_ratio=ctl.cfg.sparse.keep_ratio, trained_with=ctl.cfg.sparse.pool)
-        (lg, tr), fl = _counted(lambda: model.fuse_with(enc, zero=True))
+        (lg, tr), fl = counted_fusion(lambda: model.fuse_with(enc, zero=True))
         add("learned, block zeroed", lg, fl, tr, model=learned, pool=pool, keep_ratio=ratio, trained_with=pool,
             zeroed=True)
         if (i + 1) % 25 == 0:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, fields
-from typing import Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn as nn
@@ -85,6 +85,21 @@ def sinusoid(n: int, dim: int, device: torch.device | None = None) -> torch.Tens
     out[:, 0::2] = torch.sin(pos * freq)
     out[:, 1::2] = torch.cos(pos * freq)
     return out
+
+
+def counted_fusion(fn: Callable[[], Any]) -> tuple[Any, float]:
+    """``fn()`` and its FLOPs (``FlopCounterMode``). ``nn.TransformerEncoderLayer``'s fused inference kernel (taken
+    in eval mode without gradients, e.g. by ``concat_clips``) is invisible to the counter, which would count the
+    transformer layers as zero FLOPs: it is switched off while counting (a process-wide flag, restored after;
+    the layers then run as separate ops, the same computation), so the dense control is measured in full."""
+    fast = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False) as fc:
+            out = fn()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
+    return out, float(fc.get_total_flops())
 
 
 class ReceivedAttention(nn.Module):
