@@ -9,7 +9,8 @@ pooling, cross-modal layers, head) runs on those encoder outputs under its own `
 * the shipped learned sparse model at its keep ratio, and at other keep ratios (the page's live control);
 * the learned model with random / strided-random pooling swapped in (mean and spread over seeds) and with
   pooling off (every token through the sparse-trained transformer);
-* the controls trained with random and strided-random pooling at the same keep ratio;
+* the controls trained with random and strided-random pooling at the same keep ratio (mean and spread over
+  the same seeds);
 * the learned model with its pooled tokens zeroed (the block's output removed: nothing reaches [CLS]).
 
 Tokens are the modality tokens entering the cross-modal transformer per clip (its [CLS] is counted apart).
@@ -36,7 +37,7 @@ from fusion.types import FACE, TEXT, FusionError
 
 FIGURES = ASSETS.parent / "figures"
 RANDOM_SEEDS = 5  # draws of the random pooling swapped into the learned model
-SWEEP = (0.05, 0.2, 0.5)  # keep ratios of the learned model's live-control sweep (besides its own)
+SWEEP = (0.05, 0.1, 0.2, 0.5)  # keep ratios of the learned model's live-control sweep (besides its own)
 
 
 def dense_tokens(enc: dict[str, Any]) -> int:
@@ -105,9 +106,10 @@ def sparse_ablation(learned: str = "sparse_clips", *, dense: str = "concat_clips
                 add(f"learned, {swap} swapped in #{s}", lg, fl, tr, model=learned, pool=swap, keep_ratio=ratio,
                     trained_with=pool, seed=s)
         for nm, ctl in controls.items():
-            (lg, tr), fl = counted_fusion(lambda: ctl.fuse_with(enc))
-            add(f"control {ctl.cfg.sparse.pool}", lg, fl, tr, model=nm, pool=ctl.cfg.sparse.pool,
-                keep_ratio=ctl.cfg.sparse.keep_ratio, trained_with=ctl.cfg.sparse.pool)
+            for s in range(RANDOM_SEEDS):  # a control's random pooling: the same seeds as the swapped-in rows
+                (lg, tr), fl = counted_fusion(lambda: ctl.fuse_with(enc, seed=s))
+                add(f"control {ctl.cfg.sparse.pool} #{s}", lg, fl, tr, model=nm, pool=ctl.cfg.sparse.pool,
+                    keep_ratio=ctl.cfg.sparse.keep_ratio, trained_with=ctl.cfg.sparse.pool, seed=s)
         (lg, tr), fl = counted_fusion(lambda: model.fuse_with(enc, zero=True))
         add("learned, block zeroed", lg, fl, tr, model=learned, pool=pool, keep_ratio=ratio, trained_with=pool,
             zeroed=True)
@@ -126,8 +128,9 @@ def sparse_ablation(learned: str = "sparse_clips", *, dense: str = "concat_clips
                          "fusion_flops_reduction": round(dense_fl / fl, 2),
                          "total_gflops": round((enc_mean + fl) / 1e9, 4),
                          "kept_per_modality": {m: round(float(np.mean(v)), 2) for m, v in r["kept"].items()}}
-    for swap in ("random", "strided_random"):  # the seeds summarised into one row
-        keys = [k for k in out_rows if k.startswith(f"learned, {swap} swapped in #")]
+    for prefix in [f"learned, {m} swapped in" for m in ("random", "strided_random")] + sorted(
+            {k.rsplit(" #", 1)[0] for k in out_rows if k.startswith("control ")}):  # the seeds summarised in one row
+        keys = [k for k in out_rows if k.startswith(f"{prefix} #")]
         accs = [out_rows[k]["accuracy"] for k in keys]
         f1s = [out_rows[k]["macro_f1"] for k in keys]
         summary = {**out_rows[keys[0]], "accuracy": round(float(np.mean(accs)), 2),
@@ -136,7 +139,7 @@ def sparse_ablation(learned: str = "sparse_clips", *, dense: str = "concat_clips
         summary.pop("seed", None)
         for k in keys:
             out_rows.pop(k)
-        out_rows[f"learned, {swap} swapped in"] = summary
+        out_rows[prefix] = summary
     order = ["dense", f"learned@{ratio:g}", "learned, random swapped in", "learned, strided_random swapped in",
              *[k for k in out_rows if k.startswith("control ")], "learned, block zeroed", "learned, pooling off",
              *[k for k in out_rows if k.startswith("learned@") and k != f"learned@{ratio:g}"]]
@@ -167,8 +170,8 @@ def sparse_lines(res: dict[str, Any]) -> list[str]:
               "([CLS] not counted; dense = one face token + every speech frame token + every word piece). "
               "Fusion stage: everything after the frozen encoders (projections, scoring, pooling, the two "
               "transformer layers, head), FLOPs counted with FlopCounterMode on each row's own forward. "
-              "Random rows swapped into the learned model: mean ± sd over "
-              f"{RANDOM_SEEDS} seeds."]
+              "Rows with random pooling (swapped into the learned model, or the controls trained with it): "
+              f"mean ± sd over {RANDOM_SEEDS} seeds of the pooling."]
     return lines
 
 
