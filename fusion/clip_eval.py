@@ -7,7 +7,8 @@ label, see :data:`fusion.data.emotion.PAIRING_NOTE`) runs through the encoders a
 ``FlopCounterMode`` on the path that actually ran, so DynMM's FLOPs are those of the encoders its branch ran.
 Subset rows fuse the same encoder outputs with modalities left out. The random router draws each sample's
 branch from the gate's own branch frequencies on the split (seeded, averaged over 50 draws), so it spends the
-same compute on average. ``--split val`` is for choices; ``--split test`` is read once for the tables.
+same compute on average. ``--split val`` is for choices; ``--split test`` is read once for the tables. ``--sparse-ablation``: the sparse
+model's ablation instead (:mod:`fusion.clip_sparse_eval`).
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fusion.encoders.common import EncoderOutput
-from fusion.methods.sparse import POOL_MODES, TOPK_MODES, WINDOW_MODES, num_kept, pool_sequences
+from fusion.methods.sparse import POOL_MODES, TOPK_MODES, num_kept, pool_sequences
 from fusion.models.clip_sparse import AUDIO_TOKEN_SECONDS, counted_fusion
 from fusion.registry import create
 from fusion.types import AUDIO, FACE, TEXT, FusionError
