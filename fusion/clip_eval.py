@@ -7,7 +7,8 @@ label, see :data:`fusion.data.emotion.PAIRING_NOTE`) runs through the encoders a
 ``FlopCounterMode`` on the path that actually ran, so DynMM's FLOPs are those of the encoders its branch ran.
 Subset rows fuse the same encoder outputs with modalities left out. The random router draws each sample's
 branch from the gate's own branch frequencies on the split (seeded, averaged over 50 draws), so it spends the
-same compute on average. ``--split val`` is for choices; ``--split test`` is read once for the tables.
+same compute on average. ``--split val`` is for choices; ``--split test`` is read once for the tables. ``--sparse-ablation``: the sparse
+model's ablation instead (:mod:`fusion.clip_sparse_eval`).
 """
 from __future__ import annotations
 
@@ -162,6 +163,8 @@ def readme_lines(res: dict[str, Any]) -> list[str]:
 
 
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    import sys
+
     from fusion.evaluate import _replace_block
 
     args_in = list(sys.argv[1:] if argv is None else argv)
@@ -169,6 +172,11 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
         from fusion.clip_deq_eval import main as deq_main
 
         return deq_main(args_in)
+    if "--sparse-ablation" in args_in:
+        from fusion.clip_sparse_eval import sparse_main
+
+        return sparse_main(args_in)
+
     p = argparse.ArgumentParser(prog="python -m fusion.evaluate --task clips", description=__doc__.split("\n")[0])
     p.add_argument("--task", default="clips")
     p.add_argument("models", nargs="*", help="clip checkpoints (default: every shipped one)")

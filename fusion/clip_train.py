@@ -6,7 +6,8 @@ epoch draws a fresh label-paired training set (:class:`fusion.data.emotion.Trimo
 replacement) and the fusion parts train on the cached outputs through the same :meth:`ClipClassifier.fuse` the
 full forward calls. Validation chooses the epoch; the test pairing is read once by ``fusion.evaluate --task clips``.
 
-Methods: ``late`` and ``concat`` (static baselines, all three modalities), ``dynmm`` (the shared token-fusion
+Methods: ``late`` and ``concat`` (static baselines, all three modalities), ``sparse`` (``--pool`` / ``--keep-ratio``:
+the pooling it trains with), ``dynmm`` (the shared token-fusion
 network trained on every branch subset for the same epochs, then the gate trained on the frozen branches at a
 resource weight, see :func:`train_gate`).
 """
@@ -277,6 +278,9 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--init", default=None, help="DynMM: start from this exported dynmm_clips card (skip branch training)")
     p.add_argument("--config", default=None, metavar="JSON",
                    help="model settings for the registry, e.g. '{\"deq\": {\"hidden\": 64, \"jac_reg_weight\": 1}}'")
+    p.add_argument("--pool", default=None,
+                   help="sparse_clips: the pooling mode it trains (and ships) with (fusion.methods.sparse.POOL_MODES)")
+    p.add_argument("--keep-ratio", type=float, default=None, help="sparse_clips: fraction of each modality's tokens kept")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--cache-dir", default=str(CACHE_DIR))
     p.add_argument("--export", required=True, metavar="NAME")
@@ -293,6 +297,11 @@ def train_main(argv: Sequence[str] | None = None) -> int:
                 cfg.update(json.loads(args.config))
             except (json.JSONDecodeError, TypeError) as e:
                 raise FusionError(f"--config must be a JSON object: {e}") from e
+        sparse = {k: v for k, v in (("pool", args.pool), ("keep_ratio", args.keep_ratio)) if v is not None}
+        if sparse and args.model != "sparse_clips":
+            raise FusionError("--pool / --keep-ratio are sparse_clips settings")
+        if sparse:
+            cfg["sparse"] = sparse
         if args.init:
             from fusion.checkpoints import load_checkpoint
 

@@ -234,6 +234,70 @@ def sparse_pool(x: Tensor, *, mode: str, grid: tuple[int, int], keep_ratio: floa
     return Pooled(tokens, kept, window_of.expand(b, n), scores, weights, win)
 
 
+@dataclass
+class PooledSequence:
+    """Result of :func:`pool_sequences`: a batch of variable-length 1-D sequences, each pooled on its own."""
+
+    tokens: Tensor  # (B, M, D) pooled tokens, zero-padded to the batch's longest pooled row
+    mask: Tensor  # (B, M) bool, True = a real pooled token (padding is never kept)
+    kept: Tensor  # (B, M) long position (in the input sequence) representing each pooled token, -1 on padding
+    windows: Tensor | None  # (B, N) long window id per position (-1 on padding), window modes only
+    scores: Tensor  # (B, N) per-position importance the mode used, 0 on padding
+    weights: Tensor  # (B, M) scores at the kept positions, 0 on padding
+    window: tuple[int, int] | None  # (1, w) window used, window modes only
+
+
+def sequence_window(keep_ratio: float, window: int | None = None) -> tuple[int, int]:
+    """The (1, w) window of the window modes on a 1-D sequence: ``window`` if given, else ``round(1 / r)``."""
+    w = int(window) if window is not None else max(1, round(1.0 / keep_ratio))
+    if w < 1:
+        raise ValueError(f"window must be positive, got {window}")
+    return 1, w
+
+
+def pool_sequences(x: Tensor, mask: Tensor, *, mode: str, keep_ratio: float, window: int | None = None,
+                   attn_received: Tensor | None = None, score_logits: Tensor | None = None,
+                   generator: torch.Generator | None = None) -> PooledSequence:
+    """:func:`sparse_pool` on 1-D token sequences with padding: ``x`` (B, N, D), ``mask`` (B, N) True = real.
+
+    Each row's real positions form a ``(1, L_b)`` grid that is pooled on its own (so a row's result does not
+    depend on the padding its batch gave it, and padding is never kept); the pooled rows are right-padded to
+    the longest. ``attn_received`` / ``score_logits`` (B, N) as in :func:`sparse_pool` (padding ignored).
+    Top-k modes keep ``num_kept(L_b, keep_ratio)`` tokens of row b, window modes ``ceil(L_b / w)``.
+    """
+    _check_ratio(keep_ratio)
+    b, n, _ = x.shape
+    if tuple(mask.shape) != (b, n):
+        raise ValueError(f"mask must be {(b, n)}, got {tuple(mask.shape)}")
+    win = sequence_window(keep_ratio, window)
+    rows = []
+    for i in range(b):
+        pos = mask[i].nonzero().squeeze(1)  # (L,) real positions
+        if pos.numel() == 0:
+            raise ValueError("every sequence needs at least one real token")
+        sub = lambda t: None if t is None else t[i:i + 1, pos]  # noqa: E731  (1, L)
+        p = sparse_pool(x[i:i + 1, pos], mode=mode, grid=(1, pos.numel()), keep_ratio=keep_ratio, window=win,
+                        attn_received=sub(attn_received), score_logits=sub(score_logits), generator=generator)
+        rows.append((pos, p))
+    m = max(p.tokens.shape[1] for _, p in rows)
+    tokens = torch.stack([F.pad(p.tokens[0], (0, 0, 0, m - p.tokens.shape[1])) for _, p in rows])  # (B, M, D)
+    keep = torch.zeros(b, m, dtype=torch.bool, device=x.device)
+    kept = torch.full((b, m), -1, dtype=torch.long, device=x.device)
+    weights = x.new_zeros(b, m)
+    scores = x.new_zeros(b, n)
+    windowed = rows[0][1].windows is not None
+    windows = torch.full((b, n), -1, dtype=torch.long, device=x.device) if windowed else None
+    for i, (pos, p) in enumerate(rows):
+        k = p.tokens.shape[1]
+        keep[i, :k] = True
+        kept[i, :k] = pos[p.kept[0]]
+        weights[i, :k] = p.weights[0].detach()
+        scores[i, pos] = p.scores[0].detach()
+        if windows is not None and p.windows is not None:
+            windows[i, pos] = p.windows[0]
+    return PooledSequence(tokens, keep, kept, windows, scores, weights, rows[0][1].window)
+
+
 # ------------------------------------------------------------------------------------------------ blocks
 
 
@@ -340,6 +404,11 @@ class SparseTrace:
     fusion_bytes: float | None = None  # bytes allocated by those ops (measure=True)
     unimodal_flops: float | None = None  # measured FLOPs of projection + unimodal layers (measure=True)
     dense_fusion_flops: float | None = None  # the same with pool "none"; filled by the caller
+    # 1-D sequences (emotion clips, :func:`pool_sequences`): rows hold different numbers of kept tokens
+    kept_mask: dict[str, Tensor] = field(default_factory=dict)  # (B, M) bool, True = a real kept token
+    lengths: dict[str, Tensor] = field(default_factory=dict)  # (B,) long real tokens of each row before pooling
+    spans: dict[str, Tensor] = field(default_factory=dict)  # (B, M, 2) what each kept token covers: [start, end)
+    span_unit: dict[str, str] = field(default_factory=dict)  # unit of ``spans``: "s" (audio), "word piece", "crop"
 
 
 @dataclass
