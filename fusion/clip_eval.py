@@ -85,8 +85,10 @@ def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit
             t1 = time.perf_counter()
             model(inputs)
             p["ms"].append(1000 * (time.perf_counter() - t1))
+            needs = set(getattr(model, "own", ()))  # a dedicated subset model runs only with its modalities
             for s in SUBSETS:
-                p["subsets"][_subset_name(s)].append(int(model.fuse({m: enc[m] for m in s}).argmax(1)))
+                p["subsets"][_subset_name(s)].append(int(model.fuse({m: enc[m] for m in s}).argmax(1))
+                                                     if needs <= set(s) else None)
             if nm == fixed_by:
                 for k, b in enumerate(model.branches):
                     o = model(inputs, count_flops=True, force_branch=k)
@@ -100,7 +102,8 @@ def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit
         card = models[nm][1]
         row = {**scores(torch.tensor(p["pred"]), y), "gflops": round(float(np.mean(p["flops"])) / 1e9, 4),
                "ms": round(float(np.median(p["ms"])), 1), "method": card.get("method"),
-               "subsets": {s: scores(torch.tensor(v), y)["accuracy"] for s, v in p["subsets"].items()}}
+               "subsets": {s: None if None in v else scores(torch.tensor(v), y)["accuracy"]
+                           for s, v in p["subsets"].items()}}
         if any(b is not None for b in p["branch"]):
             br = [b for b in p["branch"] if b is not None]
             row["branch_share"] = {card["branches"][k]: round(br.count(k) / len(br), 3)
@@ -140,7 +143,8 @@ def readme_lines(res: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|" + "---|" * len(SUBSETS)]
     for nm, r in res["models"].items():
         lines.append(f"| `{nm}` | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | {r['gflops']:.3f} | {r['ms']:.0f} | "
-                     + " | ".join(f"{r['subsets'][_subset_name(s)]:.1f}" for s in SUBSETS) + " |")
+                     + " | ".join("-" if r["subsets"][_subset_name(s)] is None else f"{r['subsets'][_subset_name(s)]:.1f}"
+                                  for s in SUBSETS) + " |")
     lines += ["", "Each encoder's own head on the same samples: "
               + ", ".join(f"{m} {v['accuracy']:.2f}" for m, v in res["alone"].items()) + " (accuracy)."]
     if "fixed_branches" in res:
@@ -173,7 +177,15 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON file (default assets/figures/clips_SPLIT.json)")
     p.add_argument("--readme", default=None, help="write the tables into this README's results:clips block")
     p.add_argument("--export-dir", default=str(ASSETS))
+    p.add_argument("--adapters", action="store_true",
+                   help="missing-modality adapters: the frozen base, every adapted_clips and dedicated_clips "
+                        "checkpoint per subset, recovery, added parameters, and the robustness matrix")
+    p.add_argument("--figures-dir", default=str(FIGURES), help="--adapters: where the JSON figures go")
     args = p.parse_args(argv)
+    if args.adapters:
+        from fusion.clip_adapt_eval import adapters_main
+
+        return adapters_main(args)
     names = args.models or [c["name"] for c in clip_cards(Path(args.export_dir)) if c.get("gate_trained", True)]
     if not names:
         print("error: no clip checkpoints")
