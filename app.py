@@ -18,6 +18,7 @@ adapters = st.Page("pages/adapters.py", title="RGB-D: missing modalities", icon=
 evidence = st.Page("pages/evidence.py", title="Does it do what it claims?", icon=":material/fact_check:",
                    url_path="evidence")
 clips = st.Page("pages/clips.py", title="Clips: static vs DynMM", icon=":material/mood:", url_path="clips")
+clips_adapters = st.Page("pages/clips_adapters.py", title="Clips: missing modalities", icon=":material/extension:", url_path="clips-adapters")
 
 st.navigation({"Fusion Explorer": [home], "RGB-D segmentation": [rgbd, sparse, deq, adapters, evidence],
-               "Emotion clips": [clips]}).run()
+               "Emotion clips": [clips, clips_adapters]}).run()
