@@ -56,6 +56,26 @@ def subset_flops(names: list[str], export_dir: Path) -> dict[str, dict[str, floa
     return out
 
 
+def write_card_metrics(res: dict[str, Any], flops: dict[str, dict[str, float]], export_dir: Path, split: str
+                       ) -> None:
+    """Record the split's measured numbers in the adapter and dedicated cards (``metrics.<split>``): accuracy per
+    subset (a dedicated model: on its own subset), GFLOPs per clip; adapters: GFLOPs per subset path."""
+    for nm, row in res["models"].items():
+        path = export_dir / f"{nm}.json"
+        card = json.loads(path.read_text())
+        if card.get("registry") not in ("adapted_clips", "dedicated_clips"):
+            continue
+        m: dict[str, Any] = {"samples": res["samples"], "gflops_all_given": row["gflops"]}
+        if card["registry"] == "dedicated_clips":
+            m["accuracy"] = row["subsets"][card["trained_on"]]
+            m["macro_f1"] = row["macro_f1"]
+        else:
+            m["accuracy_per_subset"] = {s: row["subsets"][s] for s in CLIP_SUBSETS}
+            m["gflops_per_subset"] = {s: f[card["adapter_kind"]] for s, f in flops.items()}
+        card.setdefault("metrics", {})[split] = m
+        path.write_text(json.dumps(card, indent=2) + "\n")
+
+
 def adapters_main(args: argparse.Namespace) -> int:
     from fusion.evaluate import _replace_block
 
@@ -90,6 +110,7 @@ def adapters_main(args: argparse.Namespace) -> int:
     for s, f in flops.items():
         lines.append(f"| {s} | {f['base']:.4f} | " + " | ".join(f"{v:.4f}" for k, v in f.items() if k != "base") + " |")
     print("\n".join(lines))
+    write_card_metrics(res, flops, export_dir, args.split)
     if args.split == "test":
         matrix = clip_robustness(figures, "test")
         mlines = clip_robustness_lines(matrix)
