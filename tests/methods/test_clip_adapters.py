@@ -203,3 +203,38 @@ def test_robustness_matrix_reads_whatever_figures_exist(tmp_path) -> None:
     assert m["rows"][1]["cells"]["face"] == 21.0  # the later file's row wins
     assert m["rows"][2]["cells"]["audio"] is None and m["rows"][2]["cells"]["face"] == 30.0
     assert clip_robustness(tmp_path, "val")["rows"] == []
+
+
+@pytest.mark.parametrize("kind", ("ssf", "bitfit"))
+def test_layernorm_adapters_merge_and_unmerge_exactly(kind: str) -> None:
+    from fusion.methods.adapters import AdaptedLayer
+
+    ln = torch.nn.LayerNorm(8)
+    with torch.no_grad():
+        ln.weight.uniform_(0.5, 1.5)
+        ln.bias.uniform_(-0.5, 0.5)
+    w0, b0 = ln.weight.clone(), ln.bias.clone()
+    layer = AdaptedLayer(base=ln, kind=kind, subsets=("face",))
+    with torch.no_grad():
+        for p in layer.adapter_parameters("face"):
+            p.add_(torch.randn(p.shape) * 0.3)
+    layer.active = "face"
+    x = torch.randn(3, 5, 8)
+    want = layer(x)
+    layer.merge("face")
+    assert torch.allclose(layer(x), want, atol=1e-5)
+    layer.unmerge()
+    assert torch.equal(ln.weight, w0) and torch.equal(ln.bias, b0)
+
+
+def test_attention_layers_are_wrapped_only_when_the_caller_runs_attention() -> None:
+    from fusion.methods.adapters import AdapterConfig, add_adapters
+
+    def net():
+        return torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)
+
+    with pytest.raises(ValueError, match="MultiheadAttention"):
+        add_adapters(net(), cfg=AdapterConfig(), subsets=("face",), select=lambda n, m: n == "self_attn.out_proj")
+    names = add_adapters(net(), cfg=AdapterConfig(), subsets=("face",), select=lambda n, m: n == "self_attn.out_proj",
+                         attention_run_by_caller=True)
+    assert names == ["self_attn.out_proj"]
