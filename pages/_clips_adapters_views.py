@@ -97,11 +97,11 @@ def matrix_view(key: str) -> None:
         return
     rows = matrix["rows"]
     st.plotly_chart(viz.robustness_figure([r["name"] for r in rows], matrix["columns"],
-                                          [[r["cells"][c] for c in matrix["columns"]] for r in rows]),
+                                          [[r["cells"][c] for c in matrix["columns"]] for r in rows],
+                                          metric="accuracy %"),
                     key=f"{key}_matrix_chart", width="stretch")
     st.caption(f"Accuracy (%) on the {matrix['split']} pairing ({matrix['samples']} label-paired samples) with "
-               f"only the column's modalities given, read from {', '.join(matrix['sources'])} (the colour bar says "
-               "mIoU: read it as accuracy). Blank: a dedicated model cannot run without a modality it was built "
+               f"only the column's modalities given, read from {', '.join(matrix['sources'])}. Blank: a dedicated model cannot run without a modality it was built "
                "for. Adapted models switch on the column's adapter set; with all three modalities they are the "
                "frozen base.")
 
