@@ -87,7 +87,7 @@ def adapters_main(args: argparse.Namespace) -> int:
     names = [BASE_CHECKPOINT, *adapted, *dedicated]
     try:
         res = evaluate(names, args.split, root=args.data, limit=args.limit, threads=args.threads,
-                       export_dir=export_dir)
+                       export_dir=export_dir, full_forwards=args.full_forwards)
         flops = subset_flops(adapted, export_dir)
     except FusionError as e:
         print(f"error: {e}")
