@@ -97,6 +97,8 @@ def adapt_main(args: argparse.Namespace, cmd: str) -> int:
     val_cache = FeatureCache.load_or_build(model, "val", args.data, Path(args.cache_dir))
     per_subset: dict[str, Any] = {}
     t_all = time.process_time()
+    if args.merge:
+        return merge_parts(model, args, cmd)
     for s in subsets:
         mods = tuple(s.split("+"))
         before = base_val(model, val_cache, val_pairs, mods)
@@ -107,17 +109,57 @@ def adapt_main(args: argparse.Namespace, cmd: str) -> int:
         per_subset[s] = {**result, "base_val": before, "cpu_seconds": round(time.process_time() - t0, 1)}
         print(f"{args.adapter_kind} {s}: base {before['accuracy']:.2f} -> adapted "
               f"{result['val']['all']['accuracy']:.2f} (epoch {result['selected_epoch']})", flush=True)
+        # saved after every subset, so a run cut short keeps the subsets it finished
+        export_adapters(model, args, cmd, per_subset, round(time.process_time() - t_all, 1))
+    print(f"exported {args.export}")
+    return 0
+
+
+def export_adapters(model: AdaptedClipClassifier, args: argparse.Namespace, cmd: str, per_subset: dict[str, Any],
+                    cpu_seconds: float, export: str | None = None) -> None:
+    """Save the adapter tensors of ``model`` with a card for the subsets in ``per_subset`` (trained so far)."""
+    subsets = [s for s in CLIP_SUBSETS if s in per_subset]
     counts = model.param_counts()
-    card = {**card_base(args, cmd), "name": args.export, "method": "adapted", "base": args.base,
-            "adapter_kind": args.adapter_kind, "subsets": list(subsets),
+    card = {**card_base(args, cmd), "name": export or args.export, "method": "adapted", "base": args.base,
+            "adapter_kind": args.adapter_kind, "subsets": subsets,
             "adapter_params": {s: counts[s]["params"] for s in subsets},
             "adapter_share_percent": {s: counts[s]["share_of_model_percent"] for s in subsets},
             "adapter_share_of_fusion_percent": {s: counts[s]["share_of_fusion_percent"] for s in subsets},
             "adapted_layers": list(model.adapted_layers),
             "training": {**recipe(args), "selected_on": "val", "per_subset": per_subset,
-                         "cpu_seconds": round(time.process_time() - t_all, 1)}}
-    save_checkpoint(model, export_dir / args.export, card, tensors=model.trainable_state_dict())
-    print(f"exported {args.export}")
+                         "cpu_seconds": cpu_seconds}}
+    save_checkpoint(model, Path(args.export_dir) / (export or args.export), card, tensors=model.trainable_state_dict())
+
+
+def merge_parts(model: AdaptedClipClassifier, args: argparse.Namespace, cmd: str) -> int:
+    """``--merge PART ...``: one checkpoint from adapter checkpoints of the same kind trained on different subsets
+    (the subsets' runs are independent: each trains only its own set on the frozen base, so running them in
+    parallel processes and joining the sets gives what one sequential run would)."""
+    from fusion.checkpoints import read_card
+    from fusion.methods.adapters import adapter_state_dict
+
+    export_dir = Path(args.export_dir)
+    per_subset: dict[str, Any] = {}
+    state = adapter_state_dict(model)
+    commands = []
+    for part in args.merge:
+        card = read_card(export_dir / f"{part}.json")
+        if card.get("adapter_kind") != args.adapter_kind or card.get("base") != args.base:
+            raise FusionError(f"{part} is not a {args.adapter_kind} adapter set on {args.base}")
+        if card["training"]["epochs"] != args.epochs or card["training"]["lr"] != args.lr:
+            raise FusionError(f"{part} was trained with another recipe")
+        weights = read_weights(export_dir / card["weights"])
+        for s in card["subsets"]:
+            if s in per_subset:
+                raise FusionError(f"subset {s} is in two parts")
+            per_subset[s] = card["training"]["per_subset"][s]
+            keys = {k for k in state if k.endswith(f".{s}")}
+            state.update({k: weights[k] for k in keys})
+        commands.append(card["command"])
+    model.load_state_dict(state)
+    cmd = " && ".join(commands + [cmd])
+    export_adapters(model, args, cmd, per_subset, round(sum(v["cpu_seconds"] for v in per_subset.values()), 1))
+    print(f"merged {', '.join(args.merge)} -> {args.export} ({', '.join(per_subset)})")
     return 0
 
 
@@ -127,5 +169,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rank", type=int, default=4, help="adapted_clips, LoRA rank")
     p.add_argument("--alpha", type=float, default=4.0, help="adapted_clips, LoRA alpha (update scaled by alpha/rank)")
     p.add_argument("--base", default=BASE_CHECKPOINT, help="adapted_clips: the frozen all-modality checkpoint")
+    p.add_argument("--merge", nargs="*", default=None, metavar="PART",
+                   help="adapted_clips: join adapter checkpoints of one kind trained on different --subsets")
     p.add_argument("--subsets", nargs="*", default=None,
                    help="adapted_clips / dedicated_clips: which modality subsets (default: all six proper ones)")

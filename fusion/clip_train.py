@@ -99,11 +99,15 @@ class FeatureCache:
         torch.save(cache.data, path)
         return cache
 
-    def batch(self, pairs: Sequence[tuple[int, int, int, int]]) -> tuple[dict[str, EncoderOutput], torch.Tensor]:
-        """Encoder outputs of ``pairs`` (label, face, audio, text item indices) and the labels."""
+    def batch(self, pairs: Sequence[tuple[int, int, int, int]], modalities: Sequence[str] | None = None
+              ) -> tuple[dict[str, EncoderOutput], torch.Tensor]:
+        """Encoder outputs of ``pairs`` (label, face, audio, text item indices) and the labels; ``modalities``:
+        only these (default all three)."""
         out: dict[str, EncoderOutput] = {}
         cols = {FACE: 1, AUDIO: 2, TEXT: 3}
         for m, c in cols.items():
+            if modalities is not None and m not in modalities:
+                continue
             idx = [p[c] for p in pairs]
             d = self.data[m]
             logits = d["logits"][idx]
@@ -163,9 +167,7 @@ def branch_predictions(model: ClipClassifier, cache: FeatureCache, pairs: Sequen
     model.eval()
     outs, gates, ys = [], [], []
     for a in range(0, len(pairs), 256):
-        enc, y = cache.batch(pairs[a : a + 256])
-        if subset is not None:
-            enc = {m: e for m, e in enc.items() if m in subset}
+        enc, y = cache.batch(pairs[a : a + 256], subset)
         outs.append(model.branch_logits(enc) if model.kind == "dynmm" else model.fuse(enc)[None])
         gates.append(model.gate(enc) if model.kind == "dynmm"
                      else torch.zeros(len(y), 1))
@@ -204,9 +206,7 @@ def train_fusion(model: ClipClassifier, *, train_cache: FeatureCache, val_cache:
         model.train()
         losses = []
         for a in range(0, len(order), batch_size):
-            enc, y = train_cache.batch([train_pairs.pairs[int(i)] for i in order[a : a + batch_size]])
-            if subset is not None:
-                enc = {m: e for m, e in enc.items() if m in subset}
+            enc, y = train_cache.batch([train_pairs.pairs[int(i)] for i in order[a : a + batch_size]], subset)
             loss = model.fusion_loss(enc, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
