@@ -296,7 +296,8 @@ def clip_robustness_lines(matrix: dict) -> list[str]:
     cols = matrix["columns"]
     lines = [f"*{matrix['split']} pairing, {matrix['samples']} label-paired samples; accuracy (%) with only the "
              f"column's modalities given; from {', '.join(f'`{s}`' for s in matrix['sources'])}. '-': the model "
-             "cannot run without a modality it was built for.*", "",
+             "cannot run without a modality it was built for; a dedicated model given more uses only its own. "
+             "Adapted models: the column's adapter set on (all three: the frozen base).*", "",
              "| model | method | " + " | ".join(cols) + " | mean over the 7 |", "|---|---|" + "---|" * (len(cols) + 1)]
     for r in matrix["rows"]:
         vals = [r["cells"][c] for c in cols]
