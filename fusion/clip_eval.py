@@ -195,7 +195,18 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--full-forwards", type=int, default=0,
                    help="--adapters: count FLOPs and time the full forward on the first N samples only (0: all); "
                         "accuracy covers every sample")
+    p.add_argument("--matrix", action="store_true",
+                   help="only rebuild the README block results:clips_robustness from the figure files that exist "
+                        "(no model runs, no data read)")
     args = p.parse_args(argv)
+    if args.matrix:
+        from fusion.results import clip_robustness, clip_robustness_lines
+
+        lines = clip_robustness_lines(clip_robustness(Path(args.figures_dir), args.split))
+        print("\n".join(lines))
+        if args.readme:
+            _replace_block(Path(args.readme), "clips_robustness", lines)
+        return 0
     if args.adapters:
         from fusion.clip_adapt_eval import adapters_main
 
