@@ -20,6 +20,7 @@ evidence = st.Page("pages/evidence.py", title="Does it do what it claims?", icon
 clips = st.Page("pages/clips.py", title="Clips: static vs DynMM", icon=":material/mood:", url_path="clips")
 clips_sparse = st.Page("pages/clips_sparse.py", title="Clips: sparse token fusion", icon=":material/filter_list:", url_path="clips-sparse")
 clips_deq = st.Page("pages/clips_deq.py", title="Clips: equilibrium fusion", icon=":material/all_inclusive:", url_path="clips-deq")
+clips_adapters = st.Page("pages/clips_adapters.py", title="Clips: missing modalities", icon=":material/extension:", url_path="clips-adapters")
 
 st.navigation({"Fusion Explorer": [home], "RGB-D segmentation": [rgbd, sparse, deq, adapters, evidence],
-               "Emotion clips": [clips, clips_sparse, clips_deq]}).run()
+               "Emotion clips": [clips, clips_sparse, clips_deq, clips_adapters]}).run()

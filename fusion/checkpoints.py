@@ -101,7 +101,9 @@ def load_checkpoint(name_or_path: str | Path, root: Path = ASSETS) -> tuple[torc
             raise FusionError(f"{card['name']} needs its base checkpoint {card['base']!r} next to it")
         base = read_weights(base_card_path.with_name(read_card(base_card_path)["weights"]))
         got = load_matching(model, base)
-        missing = [k for k in got["new"] if k not in sd]
+        # tensors neither checkpoint holds because they load from their own (a clip model's frozen encoders)
+        elsewhere = tuple(getattr(model, "loaded_elsewhere", ()))
+        missing = [k for k in got["new"] if k not in sd and not (elsewhere and k.startswith(elsewhere))]
         model.load_state_dict(sd, strict=False)
         unexpected = sorted(set(sd) - set(model.state_dict()))
     else:

@@ -49,8 +49,12 @@ def clip_cards(root: Path = ASSETS) -> list[dict[str, Any]]:
 
 @torch.no_grad()
 def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit: int = 0, threads: int = 2,
-             export_dir: Path = ASSETS, log: Any = print) -> dict[str, Any]:
-    """Score ``names`` on ``split``'s fixed pairing (see the module docstring)."""
+             export_dir: Path = ASSETS, log: Any = print, full_forwards: int = 0) -> dict[str, Any]:
+    """Score ``names`` on ``split``'s fixed pairing (see the module docstring). ``full_forwards`` > 0: the full
+    forward (FLOPs counted, time measured) runs on the first that many samples only; on the others a static
+    model's prediction is its fusion of the same encoder outputs (``model.fuse``, what its forward computes with
+    every modality given), so accuracy still covers every sample while GFLOPs and ms are means / medians over the
+    first ``full_forwards`` (recorded as ``compute_samples``)."""
     torch.set_num_threads(threads)
     pairs = pairing(split, 0, root)
     n = len(pairs) if not limit else min(limit, len(pairs))
@@ -78,17 +82,24 @@ def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit
                 enc = {m: model.encode(m, inputs) for m in CLIP_MODALITIES}
                 for m in CLIP_MODALITIES:
                     alone[m].append(int(enc[m].logits.argmax(1)))
-            out = model(inputs, count_flops=True)
             p = per[nm]
-            p["pred"].append(int(out.labels[0]))
-            p["flops"].append(float(out.flops[0]))
-            p["branch"].append(None if out.branch is None else int(out.branch[0]))
-            p["ran"].append(list(out.ran))
-            t1 = time.perf_counter()
-            model(inputs)
-            p["ms"].append(1000 * (time.perf_counter() - t1))
+            if full_forwards and i >= full_forwards and model.kind != "dynmm":
+                p["pred"].append(int(model.fuse(enc).argmax(1)))
+                p["branch"].append(None)
+                p["ran"].append(list(getattr(model, "own", CLIP_MODALITIES)))
+            else:
+                out = model(inputs, count_flops=True)
+                p["pred"].append(int(out.labels[0]))
+                p["flops"].append(float(out.flops[0]))
+                p["branch"].append(None if out.branch is None else int(out.branch[0]))
+                p["ran"].append(list(out.ran))
+                t1 = time.perf_counter()
+                model(inputs)
+                p["ms"].append(1000 * (time.perf_counter() - t1))
+            needs = set(getattr(model, "own", ()))  # a dedicated subset model runs only with its modalities
             for s in SUBSETS:
-                p["subsets"][_subset_name(s)].append(int(model.fuse({m: enc[m] for m in s}).argmax(1)))
+                p["subsets"][_subset_name(s)].append(int(model.fuse({m: enc[m] for m in s}).argmax(1))
+                                                     if needs <= set(s) else None)
             if nm == fixed_by:
                 for k, b in enumerate(model.branches):
                     o = model(inputs, count_flops=True, force_branch=k)
@@ -98,11 +109,14 @@ def evaluate(names: Sequence[str], split: str, *, root: str | None = None, limit
             log(f"  {i + 1}/{n} samples, {time.time() - t0:.0f} s")
     y = torch.tensor(labels)
     res["alone"] = {m: scores(torch.tensor(v), y) for m, v in alone.items()}
+    if full_forwards:
+        res["compute_samples"] = min(full_forwards, n)
     for nm, p in per.items():
         card = models[nm][1]
         row = {**scores(torch.tensor(p["pred"]), y), "gflops": round(float(np.mean(p["flops"])) / 1e9, 4),
                "ms": round(float(np.median(p["ms"])), 1), "method": card.get("method"),
-               "subsets": {s: scores(torch.tensor(v), y)["accuracy"] for s, v in p["subsets"].items()}}
+               "subsets": {s: None if None in v else scores(torch.tensor(v), y)["accuracy"]
+                           for s, v in p["subsets"].items()}}
         if any(b is not None for b in p["branch"]):
             br = [b for b in p["branch"] if b is not None]
             row["branch_share"] = {card["branches"][k]: round(br.count(k) / len(br), 3)
@@ -142,7 +156,8 @@ def readme_lines(res: dict[str, Any]) -> list[str]:
              "|---|---|---|---|---|" + "---|" * len(SUBSETS)]
     for nm, r in res["models"].items():
         lines.append(f"| `{nm}` | {r['accuracy']:.2f} | {r['macro_f1']:.2f} | {r['gflops']:.3f} | {r['ms']:.0f} | "
-                     + " | ".join(f"{r['subsets'][_subset_name(s)]:.1f}" for s in SUBSETS) + " |")
+                     + " | ".join("-" if r["subsets"][_subset_name(s)] is None else f"{r['subsets'][_subset_name(s)]:.1f}"
+                                  for s in SUBSETS) + " |")
     lines += ["", "Each encoder's own head on the same samples: "
               + ", ".join(f"{m} {v['accuracy']:.2f}" for m, v in res["alone"].items()) + " (accuracy)."]
     if "fixed_branches" in res:
@@ -187,7 +202,29 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="JSON file (default assets/figures/clips_SPLIT.json)")
     p.add_argument("--readme", default=None, help="write the tables into this README's results:clips block")
     p.add_argument("--export-dir", default=str(ASSETS))
+    p.add_argument("--adapters", action="store_true",
+                   help="missing-modality adapters: the frozen base, every adapted_clips and dedicated_clips "
+                        "checkpoint per subset, recovery, added parameters, and the robustness matrix")
+    p.add_argument("--figures-dir", default=str(FIGURES), help="--adapters: where the JSON figures go")
+    p.add_argument("--full-forwards", type=int, default=0,
+                   help="--adapters: count FLOPs and time the full forward on the first N samples only (0: all); "
+                        "accuracy covers every sample")
+    p.add_argument("--matrix", action="store_true",
+                   help="only rebuild the README block results:clips_robustness from the figure files that exist "
+                        "(no model runs, no data read)")
     args = p.parse_args(argv)
+    if args.matrix:
+        from fusion.results import clip_robustness, clip_robustness_lines
+
+        lines = clip_robustness_lines(clip_robustness(Path(args.figures_dir), args.split))
+        print("\n".join(lines))
+        if args.readme:
+            _replace_block(Path(args.readme), "clips_robustness", lines)
+        return 0
+    if args.adapters:
+        from fusion.clip_adapt_eval import adapters_main
+
+        return adapters_main(args)
     names = args.models or [c["name"] for c in clip_cards(Path(args.export_dir)) if c.get("gate_trained", True)]
     if not names:
         print("error: no clip checkpoints")

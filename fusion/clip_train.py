@@ -101,11 +101,15 @@ class FeatureCache:
         torch.save(cache.data, path)
         return cache
 
-    def batch(self, pairs: Sequence[tuple[int, int, int, int]]) -> tuple[dict[str, EncoderOutput], torch.Tensor]:
-        """Encoder outputs of ``pairs`` (label, face, audio, text item indices) and the labels."""
+    def batch(self, pairs: Sequence[tuple[int, int, int, int]], modalities: Sequence[str] | None = None
+              ) -> tuple[dict[str, EncoderOutput], torch.Tensor]:
+        """Encoder outputs of ``pairs`` (label, face, audio, text item indices) and the labels; ``modalities``:
+        only these (default all three)."""
         out: dict[str, EncoderOutput] = {}
         cols = {FACE: 1, AUDIO: 2, TEXT: 3}
         for m, c in cols.items():
+            if modalities is not None and m not in modalities:
+                continue
             idx = [p[c] for p in pairs]
             d = self.data[m]
             logits = d["logits"][idx]
@@ -156,15 +160,16 @@ def scores(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
 
 
 @torch.no_grad()
-def branch_predictions(model: ClipClassifier, cache: FeatureCache, pairs: Sequence[tuple[int, int, int, int]]
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def branch_predictions(model: ClipClassifier, cache: FeatureCache, pairs: Sequence[tuple[int, int, int, int]],
+                       subset: Sequence[str] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Every branch's logits ``(K, N, C)`` (the model's branches; one for static models), the gate's logits
-    ``(N, K)`` (zeros for static models) and the labels, on cached outputs, in eval mode."""
+    ``(N, K)`` (zeros for static models) and the labels, on cached outputs, in eval mode. ``subset``: only these
+    modalities' outputs are given to the model (static models)."""
     was = model.training
     model.eval()
     outs, gates, ys = [], [], []
     for a in range(0, len(pairs), 256):
-        enc, y = cache.batch(pairs[a : a + 256])
+        enc, y = cache.batch(pairs[a : a + 256], subset)
         outs.append(model.branch_logits(enc) if model.kind == "dynmm" else model.fuse(enc)[None])
         gates.append(model.gate(enc) if model.kind == "dynmm"
                      else torch.zeros(len(y), 1))
@@ -179,12 +184,16 @@ def branch_predictions(model: ClipClassifier, cache: FeatureCache, pairs: Sequen
 
 
 def train_fusion(model: ClipClassifier, *, train_cache: FeatureCache, val_cache: FeatureCache, root: str | None,
-                 epochs: int, per_class: int, batch_size: int, lr: float, seed: int, log: Any = print
+                 epochs: int, per_class: int, batch_size: int, lr: float, seed: int, log: Any = print,
+                 subset: Sequence[str] | None = None, params: list[torch.nn.Parameter] | None = None
                  ) -> dict[str, Any]:
     """Train the fusion parts (not the gate) for ``epochs``; keep the best-val epoch. DynMM: the loss is the mean
-    cross-entropy over every branch (each modality subset), so every branch learns."""
+    cross-entropy over every branch (each modality subset), so every branch learns. ``subset``: train and validate
+    on only these modalities (adapters, dedicated models); ``params``: what to train (default: every trainable
+    parameter outside the encoders and the gate)."""
     torch.manual_seed(seed)
-    params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("encoders.", "gate."))]
+    if params is None:
+        params = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("encoders.", "gate."))]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
     train_pairs = pairing("train", seed, root, per_class)
     val_pairs = pairing("val", seed, root).pairs
@@ -199,14 +208,14 @@ def train_fusion(model: ClipClassifier, *, train_cache: FeatureCache, val_cache:
         model.train()
         losses = []
         for a in range(0, len(order), batch_size):
-            enc, y = train_cache.batch([train_pairs.pairs[int(i)] for i in order[a : a + batch_size]])
+            enc, y = train_cache.batch([train_pairs.pairs[int(i)] for i in order[a : a + batch_size]], subset)
             loss = model.fusion_loss(enc, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
             losses.append(float(loss.detach()))
-        bl, _, y = branch_predictions(model, val_cache, val_pairs)
+        bl, _, y = branch_predictions(model, val_cache, val_pairs, subset)
         val = {"all": scores(bl[-1].argmax(1), y)}
         if model.kind == "dynmm":
             val.update({"+".join(s): scores(bl[k].argmax(1), y) for k, s in enumerate(model.branches)})
@@ -285,10 +294,19 @@ def train_main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=str(CACHE_DIR))
     p.add_argument("--export", required=True, metavar="NAME")
     p.add_argument("--export-dir", default=str(ASSETS))
+    from fusion.clip_adapt_train import adapt_main, add_arguments
+
+    add_arguments(p)
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cmd = "python -m fusion.train " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    if args.model in ("adapted_clips", "dedicated_clips"):
+        try:
+            return adapt_main(args, cmd)
+        except FusionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     try:
         cfg: dict[str, Any] = ({"gate_modality": args.gate_modality, "branch_fusion": args.branch_fusion}
                                if args.model == "dynmm_clips" else {})

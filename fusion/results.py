@@ -6,10 +6,17 @@ the same functions (``fusion.evaluate`` and ``fusion.ablations`` re-export them 
 
 - Missing-modality adapters: :func:`sort_adapter_cards`, :func:`robustness_from_cards` (the subset x method
   robustness matrix from evaluated cards) and the row builders ``fusion.evaluate`` also uses.
+- Missing-modality adapters on clips: :func:`clip_adapter_table` / :func:`clip_adapter_lines` (per subset: base,
+  adapters, dedicated model, recovery, added parameters) and :func:`clip_robustness` /
+  :func:`clip_robustness_lines` (every shipped clip model x every modality subset, from whichever figure files
+  exist).
 - Ablation tables: :func:`dynmm_lines`, :func:`sparse_lines`, :func:`deq_lines` (the README blocks
   ``results:dynmm``, ``results:sparse_ablation`` and ``results:deq_ablation`` from the stored JSON).
 """
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 from fusion.types import DEPTH, RGB
 
@@ -178,4 +185,122 @@ def deq_lines(res: dict, env: str, split: str) -> list[str]:
               f"{res['frames']} NYUv2 {split} frames ({env}); mIoU (39 classes) at the model's 240x320 (labels resized "
               "nearest). 'After k steps': the solve's own k-th iterate, decoded like the fixed point (a frame that "
               "stopped earlier keeps its final state)._"]
+    return lines
+
+
+# --------------------------------------------------------------------------- missing-modality adapters on clips
+
+CLIP_MODALITY_ORDER = ("face", "audio", "text")
+CLIP_SUBSET_COLUMNS = ("face", "audio", "text", "face+audio", "face+text", "audio+text", "face+audio+text")
+CLIP_ADAPTER_SUBSETS = CLIP_SUBSET_COLUMNS[:-1]  # the proper subsets that have adapters
+# the figure files whose models enter the clip robustness matrix (whatever of them exists), in row order
+CLIP_MATRIX_SOURCES = ("clips_{split}.json", "clips_sparse_models_{split}.json", "clips_deq_models_{split}.json",
+                       "clips_adapters_models_{split}.json")
+MIN_GAP = 1.0  # accuracy points: below this gap between dedicated and base the recovery is not computed
+
+
+def recovery(base: float | None, adapted: float | None, dedicated: float | None) -> float | None:
+    """Share (percent) of the accuracy a dedicated subset model gains over the frozen base that the adapters
+    regain: ``(adapted - base) / (dedicated - base)``; None when the gap is below :data:`MIN_GAP` points (the
+    dedicated model is not better than the base there, so there is no drop to recover)."""
+    if base is None or adapted is None or dedicated is None or dedicated - base < MIN_GAP:
+        return None
+    return round(100 * (adapted - base) / (dedicated - base), 1)
+
+
+def clip_adapter_table(res: dict, cards: dict[str, dict], base: str = "concat_clips") -> list[dict]:
+    """Per subset: the frozen base on that subset, each adapter kind, the dedicated model, recovery and added
+    parameters. ``res``: a ``fusion.clip_eval.evaluate`` result holding ``base``, the ``adapted_clips_*`` and the
+    ``dedicated_clips_*`` models; ``cards``: their model cards by name."""
+    models = res["models"]
+    adapters = [n for n in models if cards.get(n, {}).get("registry") == "adapted_clips"]
+    adapters.sort(key=lambda n: ADAPTER_KINDS.index(cards[n]["adapter_kind"])
+                  if cards[n].get("adapter_kind") in ADAPTER_KINDS else len(ADAPTER_KINDS))
+    dedicated = {cards[n]["trained_on"]: n for n in models if cards.get(n, {}).get("registry") == "dedicated_clips"}
+    rows = []
+    for s in CLIP_ADAPTER_SUBSETS:
+        b = models[base]["subsets"].get(s) if base in models else None
+        ded = dedicated.get(s)
+        d = models[ded]["subsets"].get(s) if ded else None
+        row = {"subset": s, "base": b, "dedicated": d, "dedicated_model": ded, "adapters": {}}
+        for n in adapters:
+            c = cards[n]
+            a = models[n]["subsets"].get(s)
+            row["adapters"][c["adapter_kind"]] = {
+                "model": n, "accuracy": a, "recovered_percent": recovery(b, a, d),
+                "params": c.get("adapter_params", {}).get(s),
+                "share_of_model_percent": c.get("adapter_share_percent", {}).get(s),
+                "share_of_fusion_percent": c.get("adapter_share_of_fusion_percent", {}).get(s)}
+        rows.append(row)
+    return rows
+
+
+def _cell(v: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def clip_adapter_lines(rows: list[dict], split: str, samples: int) -> list[str]:
+    """The README block ``results:clips_adapters``: accuracy per subset, recovery and added parameters."""
+    kinds = list(rows[0]["adapters"]) if rows else []
+    head = ("| subset | frozen base | " + " | ".join(f"+ {k}" for k in kinds) + " | dedicated | "
+            + " | ".join(f"{k} recovered" for k in kinds) + " |")
+    lines = [f"*{split} pairing, {samples} label-paired samples; accuracy (%) with only the subset's modalities "
+             "given. Recovered = (adapted − base) / (dedicated − base); '-' where the dedicated model is less than "
+             f"{MIN_GAP:g} point above the base (no drop to recover).*", "", head,
+             "|---|---|" + "---|" * len(kinds) + "---|" + "---|" * len(kinds)]
+    for r in rows:
+        ad = r["adapters"]
+        lines.append(f"| {r['subset']} | {_cell(r['base'])} | "
+                     + " | ".join(_cell(ad[k]["accuracy"]) for k in kinds) + f" | {_cell(r['dedicated'])} | "
+                     + " | ".join(_cell(ad[k]["recovered_percent"], "{:.0f}%") for k in kinds) + " |")
+    if rows:
+        lines += ["", "| subset | " + " | ".join(f"{k} added params (of the model / of the fusion network)"
+                                                 for k in kinds) + " |", "|---|" + "---|" * len(kinds)]
+        for r in rows:
+            ad = r["adapters"]
+            lines.append(f"| {r['subset']} | " + " | ".join(
+                "-" if ad[k]["params"] is None else
+                f"{ad[k]['params']:,} ({ad[k]['share_of_model_percent']:.3f}% / {ad[k]['share_of_fusion_percent']:.2f}%)"
+                for k in kinds) + " |")
+    return lines
+
+
+def clip_robustness(figures: Path | str, split: str = "test") -> dict:
+    """The clip robustness matrix: every model in the figure files of :data:`CLIP_MATRIX_SOURCES` that exist for
+    ``split`` (a later file's row replaces an earlier one of the same name) x every modality subset, accuracy (%)
+    with only that subset given (None where a model cannot run it: a dedicated model off its own modalities).
+    Returns ``{"split", "samples", "columns", "rows": [{"name", "method", "source", "cells"}], "sources"}``; no
+    rows when no file exists."""
+    rows: dict[str, dict] = {}
+    sources, samples = [], None
+    for pattern in CLIP_MATRIX_SOURCES:
+        path = Path(figures) / pattern.format(split=split)
+        if not path.exists():
+            continue
+        try:
+            res = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        sources.append(path.name)
+        samples = res.get("samples", samples)
+        for name, r in res.get("models", {}).items():
+            subs = r.get("subsets", {})
+            rows[name] = {"name": name, "method": r.get("method"), "source": path.name,
+                          "cells": {s: subs.get(s) for s in CLIP_SUBSET_COLUMNS}}
+    return {"split": split, "samples": samples, "columns": list(CLIP_SUBSET_COLUMNS), "rows": list(rows.values()),
+            "sources": sources}
+
+
+def clip_robustness_lines(matrix: dict) -> list[str]:
+    """The README block ``results:clips_robustness`` from :func:`clip_robustness`."""
+    cols = matrix["columns"]
+    lines = [f"*{matrix['split']} pairing, {matrix['samples']} label-paired samples; accuracy (%) with only the "
+             f"column's modalities given; from {', '.join(f'`{s}`' for s in matrix['sources'])}. '-': the model "
+             "cannot run without a modality it was built for; a dedicated model given more uses only its own. "
+             "Adapted models: the column's adapter set on (all three: the frozen base).*", "",
+             "| model | method | " + " | ".join(cols) + " | mean over the 7 |", "|---|---|" + "---|" * (len(cols) + 1)]
+    for r in matrix["rows"]:
+        vals = [r["cells"][c] for c in cols]
+        mean = "-" if any(v is None for v in vals) else f"{sum(vals) / len(vals):.1f}"
+        lines.append(f"| `{r['name']}` | {r['method']} | " + " | ".join(_cell(v) for v in vals) + f" | {mean} |")
     return lines

@@ -604,13 +604,14 @@ def settling_figure(iters: Sequence[int], changed_fraction: Sequence[float], res
 # --------------------------------------------------------------------------- adapters: robustness matrix
 
 
-def robustness_figure(methods: Sequence[str], subsets: Sequence[str], miou: Sequence[Sequence[float | None]]
-                      ) -> go.Figure:
-    """Heatmap of mIoU (%) per method (rows) and modality subset (columns); missing cells stay blank."""
+def robustness_figure(methods: Sequence[str], subsets: Sequence[str], miou: Sequence[Sequence[float | None]],
+                      metric: str = "mIoU %") -> go.Figure:
+    """Heatmap of mIoU (%) per method (rows) and modality subset (columns); missing cells stay blank. ``metric``:
+    the colour bar's title (clips: accuracy)."""
     z = [[None if v is None else float(v) for v in row] for row in miou]
     text = [["" if v is None else f"{v:.1f}" for v in row] for row in z]
     fig = go.Figure(go.Heatmap(z=z, x=list(subsets), y=list(methods), text=text, texttemplate="%{text}",
-                               colorscale="Viridis", colorbar=dict(title="mIoU %"),
+                               colorscale="Viridis", colorbar=dict(title=metric),
                                hovertemplate="%{y} · %{x}: %{z:.2f}<extra></extra>"))
     fig.update_layout(height=80 + 45 * len(methods), margin=dict(l=10, r=10, t=20, b=40),
                       yaxis=dict(autorange="reversed"))

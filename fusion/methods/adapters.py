@@ -14,6 +14,9 @@ present is switched on at inference. Three adapter kinds are provided, each wrap
 * ``"bitfit"`` -- a per-channel bias delta, i.e. training only the bias (Ben Zaken et al., "BitFit",
   ACL 2022, arXiv:2106.10199); works on layers built without a bias too.
 
+``ssf`` and ``bitfit`` also wrap ``LayerNorm`` (scale / shift its output per feature, as SSF does after each
+norm of a transformer).
+
 Every adapter starts as the identity (``B = 0``; ``s = 1, t = 0``; delta ``= 0``), so adding adapters
 does not change the model until they are trained. An adapter can be *merged* into the wrapped layer's
 weights for inference at zero extra cost and *unmerged* exactly (the original tensors are kept, not
@@ -60,8 +63,8 @@ def use_subset(subset: str | None) -> Iterator[None]:
 # layer types each adapter kind can wrap (isinstance check)
 SUPPORTED: dict[str, tuple[type[nn.Module], ...]] = {
     "lora": (nn.Conv2d, nn.Linear),
-    "ssf": (nn.Conv2d, nn.Linear, nn.BatchNorm2d),
-    "bitfit": (nn.Conv2d, nn.Linear, nn.BatchNorm2d),
+    "ssf": (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm),
+    "bitfit": (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.LayerNorm),
 }
 
 
@@ -103,6 +106,8 @@ def _out_channels(base: nn.Module) -> int:
         return base.out_channels
     if isinstance(base, nn.Linear):
         return base.out_features
+    if isinstance(base, nn.LayerNorm):
+        return base.normalized_shape[-1]
     return base.num_features  # BatchNorm2d
 
 
@@ -216,7 +221,7 @@ class AdaptedLayer(nn.Module):
 
     def _channel(self, v: torch.Tensor) -> torch.Tensor:
         """Shape a per-channel vector to broadcast over the base output's channel dimension."""
-        if isinstance(self.base, nn.Linear):
+        if isinstance(self.base, (nn.Linear, nn.LayerNorm)):
             return v  # (C,) over the last dim of (..., C)
         return v.view(-1, 1, 1)  # (C, 1, 1) over (N, C, H, W) or (C, H, W)
 
@@ -337,7 +342,7 @@ def adapted_layers(model: nn.Module) -> list[tuple[str, AdaptedLayer]]:
 
 
 def add_adapters(model: nn.Module, *, cfg: AdapterConfig, subsets: tuple[str, ...],
-                 select: Callable[[str, nn.Module], bool]) -> list[str]:
+                 select: Callable[[str, nn.Module], bool], attention_run_by_caller: bool = False) -> list[str]:
     """Wrap, in place, every submodule with ``select(name, module)`` true whose type ``cfg.kind`` supports.
 
     Works at any depth and on ``nn.Sequential`` / ``nn.ModuleList`` / ``nn.ModuleDict`` children; a module
@@ -347,7 +352,9 @@ def add_adapters(model: nn.Module, *, cfg: AdapterConfig, subsets: tuple[str, ..
     :func:`set_active_subset`. Returns the qualified names of the wrapped modules (before wrapping).
 
     Raises ``ValueError`` when nothing supported was selected, or when a selected layer belongs to an
-    ``nn.MultiheadAttention`` (which reads ``out_proj.weight`` directly, bypassing any wrapper).
+    ``nn.MultiheadAttention`` (which reads ``out_proj.weight`` directly, bypassing any wrapper) -- unless
+    ``attention_run_by_caller``: the model computes attention itself and calls ``out_proj`` as a module (the
+    clip adapters, :mod:`fusion.models.clip_adapted`), so wrapping it is safe there.
     """
     _check_subsets(subsets)
     supported = SUPPORTED[cfg.kind]
@@ -359,7 +366,7 @@ def add_adapters(model: nn.Module, *, cfg: AdapterConfig, subsets: tuple[str, ..
     for name, mod in model.named_modules():
         if not name or id(mod) in inside_adapter or not isinstance(mod, supported) or not select(name, mod):
             continue
-        if id(mod) in mha_children:
+        if id(mod) in mha_children and not attention_run_by_caller:
             raise ValueError(f"{name}: layers of nn.MultiheadAttention cannot be wrapped (it reads their "
                              "weights directly)")
         wrappers[id(mod)] = AdaptedLayer(base=mod, kind=cfg.kind, subsets=subsets, rank=cfg.rank,

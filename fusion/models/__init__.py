@@ -1,2 +1,2 @@
 """Task models built from encoders + a fusion method + a head. Importing registers them."""
-from fusion.models import clip_deq, clip_sparse, clips, rgbd  # noqa: F401
+from fusion.models import clip_adapted, clip_deq, clip_sparse, clips, rgbd  # noqa: F401

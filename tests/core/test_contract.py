@@ -55,7 +55,7 @@ def _logit_shape(name: str, b: int) -> tuple[int, ...]:
 
 def test_registry_is_keyed_by_task_and_method() -> None:
     assert set(methods("rgbd_seg")) >= {"static", "dynmm", "sparse", "deq", "adapted"}
-    assert set(methods("emotion_clips")) == {"late", "concat", "dynmm", "deq", "sparse"}
+    assert set(methods("emotion_clips")) == {"late", "concat", "dynmm", "deq", "sparse", "adapted", "dedicated"}
     assert model_name("emotion_clips", "dynmm") == "dynmm_clips" and key_of("dynmm_rgbd") == ("rgbd_seg", "dynmm")
     assert get_task("clips").registry_task == "emotion_clips" and get_task("rgbd_seg").name == "rgbd"
     with pytest.raises(FusionError):
