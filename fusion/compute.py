@@ -7,7 +7,9 @@ median, and :class:`Timing` / :class:`TimeRatio` say in words when the spread is
 """
 from __future__ import annotations
 
+import contextlib
 import statistics
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -18,6 +20,33 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
+
+
+_FASTPATH_LOCK = threading.Lock()
+_FASTPATH_USERS = [0, True]  # [callers inside counted_kernels(), the flag to restore when the last one leaves]
+
+
+@contextlib.contextmanager
+def counted_kernels() -> Any:
+    """Run the enclosed code with PyTorch's fused transformer inference kernel switched off.
+
+    ``nn.TransformerEncoderLayer`` / ``nn.MultiheadAttention`` take a fused "fast path" in eval mode without
+    gradients; ``FlopCounterMode`` does not see inside it and counts those layers as zero FLOPs. The layers then
+    run as their separate ops instead (the same computation). The switch is process-wide
+    (``torch.backends.mha``), so it is reference-counted under a lock: concurrent app sessions that count at the
+    same time cannot restore it under each other."""
+    with _FASTPATH_LOCK:
+        if _FASTPATH_USERS[0] == 0:
+            _FASTPATH_USERS[1] = torch.backends.mha.get_fastpath_enabled()
+            torch.backends.mha.set_fastpath_enabled(False)
+        _FASTPATH_USERS[0] += 1
+    try:
+        yield
+    finally:
+        with _FASTPATH_LOCK:
+            _FASTPATH_USERS[0] -= 1
+            if _FASTPATH_USERS[0] == 0:
+                torch.backends.mha.set_fastpath_enabled(_FASTPATH_USERS[1])
 
 
 def count_flops(fn: Callable[[], Any]) -> tuple[float, Any]:

@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fusion.compute import counted_kernels
 from fusion.methods.adapters import use_subset
 from fusion.types import FusionError, FusionOutput, GateTrace, RunOptions
 
@@ -80,7 +81,7 @@ class FusionModel(nn.Module):
         subset = self.adapter_subset(present, opts)
         with use_subset(subset) if self.adapted else nullcontext():
             if count_flops:
-                with FlopCounterMode(display=False) as fc:
+                with counted_kernels(), FlopCounterMode(display=False) as fc:
                     out, later = self.run(inputs, present, opts, counting=True)
                 out.flops = torch.tensor([float(fc.get_total_flops())])
             else:

@@ -65,3 +65,26 @@ def test_spread_statistics():
     assert t.spread == pytest.approx(4 / 14) and t.noisy  # IQR 29% of the median
     assert compute.Timing((10.0, 10.0)).noisy  # too few runs to tell
     assert compute.Timing(()).text() == "not timed"
+
+
+def test_flop_count_sees_the_fused_transformer_layers() -> None:
+    """In eval mode without gradients nn.TransformerEncoder takes a fused kernel that FlopCounterMode cannot see;
+    the core's count switches it off, so the concat-token transformer's layers are counted (they were 0 before),
+    and the switch is restored afterwards."""
+    import torch
+
+    from fusion.registry import create
+    from fusion.types import AUDIO, FACE, TEXT
+
+    torch.manual_seed(0)
+    concat, late = create("concat_clips", encoders=False).eval(), create("late_clips", encoders=False).eval()
+    ids, mask = concat.encoders[TEXT].tokenize(["i can not believe you did that"])
+    x = {FACE: torch.rand(1, 1, 1, 48, 48), AUDIO: torch.randn(1, 64, 120) * 15 - 45, TEXT: ids, "text_mask": mask}
+    before = torch.backends.mha.get_fastpath_enabled()
+    with torch.no_grad():
+        extra = float(concat(x, count_flops=True).flops[0]) - float(late(x, count_flops=True).flops[0])
+    n = 1 + 1 + 15 + int(mask.sum())  # [CLS], the face token, 15 speech tokens (120 frames / 8), the word pieces
+    d = concat.cfg.dim
+    per_layer_linear = 2 * n * (4 * d * d + 2 * d * 4 * d)  # q, k, v, out projections and the 4x MLP, 2 FLOPs per MAC
+    assert extra > concat.cfg.layers * per_layer_linear
+    assert torch.backends.mha.get_fastpath_enabled() == before

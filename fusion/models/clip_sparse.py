@@ -40,6 +40,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fusion.data.emotion import HOP_LENGTH, SAMPLE_RATE
 from fusion.encoders.audio import TIME_STRIDE
+from fusion.compute import counted_kernels
 from fusion.encoders.common import EncoderOutput
 from fusion.methods.sparse import POOL_MODES, PooledSequence, SparseTrace, pool_sequences
 from fusion.models.clips import CLIP_MODALITIES, ClipClassifier, ClipConfig, TokenFusion, _config
@@ -91,14 +92,9 @@ def counted_fusion(fn: Callable[[], Any]) -> tuple[Any, float]:
     """``fn()`` and its FLOPs (``FlopCounterMode``). ``nn.TransformerEncoderLayer``'s fused inference kernel (taken
     in eval mode without gradients, e.g. by ``concat_clips``) is invisible to the counter, which would count the
     transformer layers as zero FLOPs: it is switched off while counting (a process-wide flag, restored after;
-    the layers then run as separate ops, the same computation), so the dense control is measured in full."""
-    fast = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with FlopCounterMode(display=False) as fc:
-            out = fn()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fast)
+    the layers then run as separate ops, the same computation; :func:`fusion.compute.counted_kernels`), so the dense control is measured in full."""
+    with counted_kernels(), FlopCounterMode(display=False) as fc:
+        out = fn()
     return out, float(fc.get_total_flops())
 
 
