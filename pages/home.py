@@ -25,7 +25,7 @@ tiny adapters recover, and the compute actually spent.
 | task | data | status |
 |---|---|---|
 | **RGB-D semantic segmentation** | NYU Depth V2 (indoor scenes, 40-class set) | **all four methods** plus a static-fusion baseline |
-| Video–text–audio emotion clips | FER2013 faces, RAVDESS speech, MELD text (**paired by label, not recorded together**) | static (late fusion, concat-token transformer), DynMM and missing-modality adapters |
+| Video–text–audio emotion clips | FER2013 faces, RAVDESS speech, MELD text (**paired by label, not recorded together**) | **all four methods** plus static baselines (late fusion, concat-token transformer) |
 """
 )
 
@@ -34,6 +34,8 @@ st.page_link("pages/sparse.py", label="Sparse token fusion →", icon=":material
 st.page_link("pages/deq.py", label="Deep-equilibrium fusion →", icon=":material/all_inclusive:")
 st.page_link("pages/adapters.py", label="Missing modalities: adapters →", icon=":material/extension:")
 st.page_link("pages/clips.py", label="Emotion clips: static vs DynMM →", icon=":material/mood:")
+st.page_link("pages/clips_sparse.py", label="Emotion clips: sparse token fusion →", icon=":material/filter_list:")
+st.page_link("pages/clips_deq.py", label="Emotion clips: equilibrium fusion →", icon=":material/all_inclusive:")
 st.page_link("pages/clips_adapters.py", label="Emotion clips: missing modalities →", icon=":material/extension:")
 
 st.caption(

@@ -80,10 +80,11 @@ def test_home_page(app_cwd, no_data_env):
     assert "Fusion Explorer" in at.title[0].value
     assert "DynMM" in text and "RGB-D" in text
     assert "paired by label, not recorded together" in text  # honest about how the clip data were made
-    assert "static (late fusion, concat-token transformer) and DynMM" in text
+    assert "all four methods** plus static baselines (late fusion, concat-token transformer)" in text
     links = at.get("page_link")
     assert links, "home links to the model pages"
-    assert any("clips" in str(link.proto.page) for link in links), "home links to the clip page"
+    pages = {str(link.proto.page) for link in links}
+    assert {"clips", "clips-sparse", "clips-deq", "clips-adapters"} <= pages, "home links to every clip page"
 
 
 # --------------------------------------------------------------------------- RGB-D page
