@@ -30,6 +30,15 @@ LABEL = {FACE: "Face", AUDIO: "Speech", TEXT: "Transcript"}
 PHOTO_SIDE = 640  # a camera photo is scaled down to this longer side before face detection
 
 
+def sentence(text: str) -> str:
+    """A library message as a sentence: capital first letter, final full stop."""
+    text = str(text).strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text[-1] in ".!?" else text + "."
+
+
 @dataclass
 class Source:
     """The clip to analyse (None: nothing given yet, ``prompt`` says what to do) and where it came from."""
@@ -266,3 +275,13 @@ def read_source(source: str, roots: tuple[str, ...] | None) -> Source:
     if source == LIVE:
         return read_live()
     return read_upload()
+
+
+def show_source(src: Source) -> None:
+    """The input's heading, its true label (test triples: three unrelated items sharing one label) and the notes
+    from reading it, as the method pages show them above their views."""
+    st.subheader(f"Input · {src.title}")
+    if src.true_label:
+        st.markdown(f"**True label: {src.true_label}** (three unrelated items sharing one label).")
+    for note in src.notes + (src.clip.notes if src.clip is not None else []):
+        st.info(sentence(note))

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import streamlit as st
 
-from pages._clips_input import LABEL, Source, choose_source, digest, read_source
+from pages._clips_input import LABEL, Source, choose_source, digest, read_source, sentence
 from pages._clips_views import (CONCAT, DYNMM, ClipModel, _log_mel, analyse, branch_words, card_notes,
                                 cards_for_display, chips_html, compute_rows, crop_strip, encoder_lines, full_branch,
                                 gate_figure, mel_figure, picks, pick_models, prob_figure, prob_sources, prob_table,
@@ -29,15 +29,6 @@ from fusion.types import AUDIO, FACE, TEXT, FusionError
 ensure_navigation_mode()
 
 TITLE = "Emotion clips: static fusion vs DynMM"
-
-
-def sentence(text: str) -> str:
-    """A library message as a sentence: capital first letter, final full stop."""
-    text = str(text).strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    return text if text[-1] in ".!?" else text + "."
 
 
 # --------------------------------------------------------------------------- input views

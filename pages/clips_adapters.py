@@ -11,7 +11,7 @@ import streamlit as st
 
 from pages._clips_adapters_views import (KIND_HELP, KIND_SHORT, adapter_cards, dedicated_card, forward, matrix_view,
                                          params_text, probability_view, table_view)
-from pages._clips_input import LABEL, choose_source, digest, read_source
+from pages._clips_input import LABEL, choose_source, digest, read_source, sentence, show_source
 from pages._common import load_model, run_and_show, run_page, show_cards, show_modality_attribution
 from pages._nav import ensure_navigation_mode
 
@@ -21,11 +21,6 @@ from fusion.data.emotion import EMOTIONS, PAIRING_NOTE
 from fusion.types import FusionError
 
 ensure_navigation_mode()
-
-
-def sentence(text: str) -> str:
-    text = str(text).strip()
-    return text if not text else text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
 
 
 def results(name: str, trained: bool, card: dict, clip, key: str, toggles: list[str], usable: list[str]) -> None:
@@ -98,11 +93,7 @@ def main() -> None:
     elif src is not None:
         clip = src.clip
         key = digest(clip)
-        st.subheader(f"Input · {src.title}")
-        if src.true_label:
-            st.markdown(f"**True label: {src.true_label}** (three unrelated items sharing one label).")
-        for note in src.notes + clip.notes:
-            st.info(sentence(note))
+        show_source(src)
         usable = [m for m in CLIP_MODALITIES if m in clip.usable]
         for m in CLIP_MODALITIES:
             if m in clip.problems:

@@ -13,7 +13,7 @@ import streamlit as st
 
 from pages._clips_deq_views import (STATE_LABEL, deq_checkpoints, iterate_figure, iterate_rows, solve,
                                     state_residual_figure)
-from pages._clips_input import LABEL, choose_source, digest, read_source
+from pages._clips_input import LABEL, choose_source, digest, read_source, sentence, show_source
 from pages._common import load_model, run_and_show, run_page, show_cards, show_modality_attribution
 from pages._nav import ensure_navigation_mode
 
@@ -34,14 +34,6 @@ SOLVER_HELP = {"anderson": "Anderson acceleration (mixes the last few iterates; 
 ZERO_HELP = ("Zero the equilibrium block's readout: no fixed point is solved and the prediction is the model's "
              "late-fusion skip alone (the encoders' own heads, averaged with this model's learned weights). The "
              "page then shows both predictions side by side.")
-
-
-def sentence(text: str) -> str:
-    text = str(text).strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    return text if text[-1] in ".!?" else text + "."
 
 
 def pick() -> tuple[str, bool, dict]:
@@ -119,11 +111,7 @@ def main() -> None:
         return
     clip = src.clip
     key = digest(clip)
-    st.subheader(f"Input · {src.title}")
-    if src.true_label:
-        st.markdown(f"**True label: {src.true_label}** (three unrelated items sharing one label).")
-    for note in src.notes + clip.notes:
-        st.info(sentence(note))
+    show_source(src)
     toggles = toggles_for(clip)
     if not toggles:
         st.info("Switch at least one usable modality on to solve.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from pages._clips_input import LABEL, choose_source, digest, read_source
+from pages._clips_input import LABEL, choose_source, digest, read_source, sentence, show_source
 from pages._clips_sparse_views import (POOL_HELP, analyse, compute_table, kept_chips_html, kept_table, marked_crop,
                                        strip_figure)
 from pages._clips_views import _log_mel, prob_figure, word_pieces
@@ -29,15 +29,6 @@ ensure_navigation_mode()
 
 TITLE = "Emotion clips: sparse token fusion"
 SPARSE, DENSE = "Sparse (sparse_clips)", "Dense (concat_clips)"
-
-
-def sentence(text: str) -> str:
-    """A library message as a sentence: capital first letter, final full stop."""
-    text = str(text).strip()
-    if not text:
-        return text
-    text = text[0].upper() + text[1:]
-    return text if text[-1] in ".!?" else text + "."
 
 
 def controls(box, cfg) -> tuple[str, float, bool]:
@@ -123,11 +114,7 @@ def main() -> None:
         show_cards(cards)
         return
     clip, key = src.clip, digest(src.clip)
-    st.subheader(f"Input · {src.title}")
-    if src.true_label:
-        st.markdown(f"**True label: {src.true_label}** (three unrelated items sharing one label).")
-    for note in src.notes + clip.notes:
-        st.info(sentence(note))
+    show_source(src)
     toggles = toggles_row(clip)
     if not toggles:
         st.info("Switch at least one usable modality on to run the models.")

@@ -35,7 +35,7 @@ from fusion.methods.adapters import (AdapterConfig, add_adapters, adapter_parame
                                      count_adapter_params, use_subset)
 from fusion.models.clips import CLIP_MODALITIES, ClipClassifier, ClipConfig, TokenFusion, _config
 from fusion.registry import register
-from fusion.types import FACE, FusionError, FusionOutput, RunOptions
+from fusion.types import FusionError, FusionOutput, RunOptions
 
 # the adapter keys: every proper non-empty subset of the modalities, in canonical order, singles first
 CLIP_SUBSETS: tuple[str, ...] = ("face", "audio", "text", "face+audio", "face+text", "audio+text")
@@ -79,24 +79,11 @@ class AdaptableTokenFusion(TokenFusion):
     """:class:`~fusion.models.clips.TokenFusion` (same modules, same weights) run layer by layer so that adapters
     wrapping its Linear and LayerNorm layers, the attention output projection included, take effect."""
 
-    def forward(self, enc: Mapping[str, EncoderOutput]) -> torch.Tensor:
-        seqs, masks = [], []
-        for m in CLIP_MODALITIES:
-            if m not in enc:
-                continue
-            e = enc[m]
-            tok, mask = (e.pooled[:, None], e.mask.any(1, keepdim=True)) if m == FACE else (e.tokens, e.mask)
-            seqs.append(self.proj[m](tok) + self.modality_emb[m])
-            masks.append(mask)
-        if not seqs:
-            raise FusionError("no modality to fuse")
-        b = seqs[0].shape[0]
-        x = torch.cat([self.cls.expand(b, -1, -1), *seqs], 1)  # (B, 1 + N, D)
-        keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), *masks], 1)  # (B, 1 + N)
+    def layers(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         for layer in self.transformer.layers:  # pre-norm: x + SA(LN(x)), then x + MLP(LN(x))
             x = x + layer.dropout1(_attention(layer.self_attn, layer.norm1(x), keep))
             x = x + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x))))))
-        return self.head(self.norm(x[:, 0]))
+        return x
 
 
 def adapter_target(kind: str):

@@ -132,6 +132,11 @@ class TokenFusion(nn.Module):
     def forward(self, enc: Mapping[str, EncoderOutput]) -> torch.Tensor:
         """``enc``: the present modalities' encoder outputs (same batch) -> (B, C) logits. Face crops are pooled
         into one token (the training faces are single images; a video's crops are averaged)."""
+        x, keep = self.tokens(enc)
+        return self.head(self.norm(self.layers(x, keep)[:, 0]))
+
+    def tokens(self, enc: Mapping[str, EncoderOutput]) -> tuple[torch.Tensor, torch.Tensor]:
+        """[CLS] + every present modality's projected tokens ``(B, 1 + N, D)`` and which are real ``(B, 1 + N)``."""
         seqs, masks = [], []
         for m in CLIP_MODALITIES:
             if m not in enc:
@@ -145,8 +150,11 @@ class TokenFusion(nn.Module):
         b = seqs[0].shape[0]
         x = torch.cat([self.cls.expand(b, -1, -1), *seqs], 1)
         keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=x.device), *masks], 1)
-        x = self.transformer(x, src_key_padding_mask=~keep)
-        return self.head(self.norm(x[:, 0]))
+        return x, keep
+
+    def layers(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The transformer layers over the token sequence (padding masked)."""
+        return self.transformer(x, src_key_padding_mask=~keep)
 
 
 class LateFusion(nn.Module):
