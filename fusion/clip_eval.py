@@ -177,6 +177,18 @@ def readme_lines(res: dict[str, Any]) -> list[str]:
     return lines
 
 
+def publish(res: dict[str, Any], out: Path, lines: list[str], readme: str | None, tag: str) -> None:
+    """Write a result as JSON to ``out``, print its README lines, and put them into ``readme``'s ``results:TAG``
+    block when a README is given."""
+    from fusion.evaluate import _replace_block
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print("\n".join(lines))
+    if readme:
+        _replace_block(Path(readme), tag, lines)
+
+
 def evaluate_main(argv: Sequence[str] | None = None) -> int:
     import sys
 
@@ -235,11 +247,6 @@ def evaluate_main(argv: Sequence[str] | None = None) -> int:
     except FusionError as e:
         print(f"error: {e}")
         return 2
-    out = Path(args.out or FIGURES / f"clips_{args.split}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    lines = readme_lines(res)
-    print("\n".join(lines))
-    if args.readme:
-        _replace_block(Path(args.readme), f"clips_{args.split}" if args.split != "test" else "clips", lines)
+    publish(res, Path(args.out or FIGURES / f"clips_{args.split}.json"), readme_lines(res), args.readme,
+            f"clips_{args.split}" if args.split != "test" else "clips")
     return 0

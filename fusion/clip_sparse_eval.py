@@ -19,7 +19,6 @@ Tokens are the modality tokens entering the cross-modal transformer per clip (it
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -176,7 +175,7 @@ def sparse_lines(res: dict[str, Any]) -> list[str]:
 
 
 def sparse_main(argv: Sequence[str] | None = None) -> int:
-    from fusion.evaluate import _replace_block
+    from fusion.clip_eval import publish
 
     p = argparse.ArgumentParser(prog="python -m fusion.evaluate --task clips --sparse-ablation",
                                 description=__doc__.split("\n")[0])
@@ -203,11 +202,6 @@ def sparse_main(argv: Sequence[str] | None = None) -> int:
     except FusionError as e:
         print(f"error: {e}")
         return 2
-    out = Path(args.out or FIGURES / f"clips_sparse_{args.split}.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(res, indent=2) + "\n")
-    lines = sparse_lines(res)
-    print("\n".join(lines))
-    if args.readme:
-        _replace_block(Path(args.readme), "clips_sparse" if args.split == "test" else "clips_sparse_val", lines)
+    publish(res, Path(args.out or FIGURES / f"clips_sparse_{args.split}.json"), sparse_lines(res), args.readme,
+            "clips_sparse" if args.split == "test" else "clips_sparse_val")
     return 0
