@@ -88,3 +88,13 @@ def select_plotly_points(at, key: str, points: list[dict]):
     del states.widgets[:]
     states.widgets.extend(kept + [ws])
     return at._run(states)
+
+
+def open_page(page: str, timeout: float = 240):
+    """An AppTest of app.py switched to ``page`` (e.g. "pages/clips.py") and run once."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    at.run()
+    at.switch_page(page)
+    return at.run()

@@ -16,6 +16,16 @@ def no_data_env(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def no_emotion_data(tmp_path, monkeypatch):
+    """Point the three corpus variables at an empty folder: the clip pages run as if no data set were installed."""
+    empty = tmp_path / "no_corpora"
+    empty.mkdir()
+    for var in ("FUSION_FER2013", "FUSION_RAVDESS", "FUSION_MELD"):
+        monkeypatch.setenv(var, str(empty))
+    return empty
+
+
+@pytest.fixture
 def app_cwd(monkeypatch):
     monkeypatch.chdir(ROOT)
     return ROOT

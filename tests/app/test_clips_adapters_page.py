@@ -4,10 +4,9 @@ adapter checkpoints, or the untrained ``adapted_clips`` stand-in when there are 
 from __future__ import annotations
 
 import numpy as np
-import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import ROOT, assert_clean, page_texts
+from app_helpers import assert_clean, open_page, page_texts
 from clip_media import mp4_bytes, tone, wav_bytes
 
 from fusion.data.emotion import PAIRING_NOTE
@@ -16,21 +15,8 @@ TIMEOUT = 240
 TRANSCRIPT = "I can't believe we actually won, this is the best day ever!"
 
 
-@pytest.fixture
-def no_emotion_data(tmp_path, monkeypatch):
-    empty = tmp_path / "no_corpora"
-    empty.mkdir()
-    for var in ("FUSION_FER2013", "FUSION_RAVDESS", "FUSION_MELD"):
-        monkeypatch.setenv(var, str(empty))
-    return empty
-
-
 def _page() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.switch_page("pages/clips_adapters.py")
-    at.run()
-    return at
+    return open_page("pages/clips_adapters.py", TIMEOUT)
 
 
 def test_page_without_input_shows_note_toggles_and_matrix(app_cwd, no_emotion_data):

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import ROOT, page_texts
+from app_helpers import ROOT, open_page, page_texts
 from clip_media import face_image, jpg_bytes, mp4_bytes, tone, wav_bytes
 
 if str(ROOT) not in sys.path:
@@ -34,22 +34,8 @@ def media() -> dict[str, bytes]:
             "jpg": jpg_bytes(face_image()), "long_wav": wav_bytes(tone(61.0, amp=0.2))}
 
 
-@pytest.fixture
-def no_emotion_data(tmp_path, monkeypatch):
-    """Point the three corpus variables at an empty folder: the page runs as if no data set were installed."""
-    empty = tmp_path / "no_corpora"
-    empty.mkdir()
-    for var in ("FUSION_FER2013", "FUSION_RAVDESS", "FUSION_MELD"):
-        monkeypatch.setenv(var, str(empty))
-    return empty
-
-
 def _clips_page() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.switch_page("pages/clips.py")
-    at.run()
-    return at
+    return open_page("pages/clips.py", TIMEOUT)
 
 
 def _upload(at: AppTest, *, video=None, audio=None, transcript_file=None, typed: str | None = None) -> AppTest:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from app_helpers import ROOT, page_texts
+from app_helpers import ROOT, open_page, page_texts
 from clip_media import mp4_bytes, wav_bytes, tone
 
 if str(ROOT) not in sys.path:
@@ -30,20 +30,8 @@ def media() -> dict[str, bytes]:
     return {"mp4": mp4_bytes(), "wav": wav_bytes(tone(1.2))}
 
 
-@pytest.fixture
-def no_emotion_data(tmp_path, monkeypatch):
-    empty = tmp_path / "no_corpora"
-    empty.mkdir()
-    for var in ("FUSION_FER2013", "FUSION_RAVDESS", "FUSION_MELD"):
-        monkeypatch.setenv(var, str(empty))
-    return empty
-
-
 def _page() -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=TIMEOUT)
-    at.run()
-    at.switch_page("pages/clips_sparse.py")
-    return at.run()
+    return open_page("pages/clips_sparse.py", TIMEOUT)
 
 
 def _clean(at: AppTest) -> None:
